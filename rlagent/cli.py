@@ -1,0 +1,39 @@
+"""`rlagent` command line: the three training stages plus rollout, eval and quickstart."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "sft": ("rlagent.train_sft", "Stage 1: supervised warm start on demonstrations (assistant-only loss)."),
+    "reward": ("rlagent.train_reward", "Stage 2: reward model from preference pairs (Bradley-Terry)."),
+    "ppo": ("rlagent.train_ppo", "Stage 3: multi-turn PPO in a tool-use environment."),
+    "rollout": ("rlagent.rollout_cli", "Play episodes with a policy and print the transcripts."),
+    "eval": ("rlagent.evaluate", "Held-out success with confidence intervals; --compare for significance."),
+    "quickstart": ("rlagent.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
+}
+
+
+def usage() -> str:
+    lines = ["usage: rlagent COMMAND [args]   (rlagent COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise SystemExit(f"rlagent: unknown command '{command}'\n\n{usage()}")
+    from rlagent.config import run_main
+
+    module = importlib.import_module(COMMANDS[command][0])
+    run_main(module.main, rest, prog=f"rlagent {command}")
+
+
+if __name__ == "__main__":
+    main()

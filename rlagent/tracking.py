@@ -1,0 +1,142 @@
+"""Metrics to metrics.jsonl, W&B and TensorBoard (any subset), sample tables, and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+REPORTERS = ("jsonl", "wandb", "tensorboard")
+
+
+def _clean(value):
+    """JSON-safe scalar: tensors to floats, NaN/inf kept as strings JSON can carry."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint (they will be logged again); a fresh run starts empty."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        rows = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(rows)
+
+
+class Tracker:
+    """Logs on the main process only; other ranks get a no-op tracker."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        report_to: list[str],
+        config: dict,
+        project: str,
+        enabled: bool = True,
+        resume_step: int | None = None,
+    ):
+        unknown = set(report_to) - set(REPORTERS)
+        if unknown:
+            raise ValueError(f"report_to: unknown reporter(s) {sorted(unknown)}; choose from {list(REPORTERS)}")
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self.report_to = list(report_to)
+        self._jsonl = self._wandb = self._tb = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if "jsonl" in report_to:
+            _keep_rows_up_to(os.path.join(output_dir, "metrics.jsonl"), resume_step or 0)
+            self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        if "wandb" in report_to:
+            import wandb
+
+            # WANDB_MODE=offline works with no network; `wandb sync OUTPUT_DIR/wandb/offline-run-*` uploads later.
+            self._wandb = wandb.init(project=project, dir=output_dir, config=config, reinit="finish_previous")
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+    def log(self, metrics: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        if self._jsonl:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        if self._wandb:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        if self._tb:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "step":
+                    self._tb.add_scalar(key, value, step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
+        """Sample trajectories: a W&B table, a TensorBoard text block, and OUTPUT_DIR/samples.jsonl."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.output_dir, "samples.jsonl"), "a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps({"step": step, "table": name, **dict(zip(columns, row))}) + "\n")
+        if self._wandb:
+            import wandb
+
+            self._wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+        if self._tb:
+            text = "\n\n".join(" | ".join(str(c) for c in row) for row in rows)
+            self._tb.add_text(name, text, step)
+
+    def finish(self, summary: dict) -> None:
+        if not self.enabled:
+            return
+        summary = {k: _clean(v) for k, v in summary.items()}
+        tmp = os.path.join(self.output_dir, "summary.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        os.replace(tmp, os.path.join(self.output_dir, "summary.json"))
+        if self._jsonl:
+            self._jsonl.close()
+        if self._wandb:
+            self._wandb.summary.update(summary)
+            self._wandb.finish()
+        if self._tb:
+            self._tb.close()
+
+
+class Progress:
+    """A rich progress bar showing a few live metrics; silent when disabled or not a terminal-worthy run."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True, start: int = 0):
+        self.enabled = enabled
+        self._t0 = time.time()
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, completed=start, stats="")
+
+    def update(self, step: int, **stats) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items())
+        self._bar.update(self._task, completed=step, stats=text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.stop()

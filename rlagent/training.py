@@ -1,0 +1,189 @@
+"""Pieces every stage's training loop shares: seeding, data order, optimiser/schedule, atomic resumable checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from rlagent.config import OptimConfig
+
+CHECKPOINT_RE = re.compile(r"step-(\d+)$")
+
+
+def make_accelerator(**kwargs):
+    """An Accelerator that also forms a gloo process group on CPU-only hosts.
+
+    accelerate picks MULTI_CPU only when cpu=True, so `accelerate launch --multi_gpu --num_processes 2` on a machine
+    without GPUs would otherwise start two independent single-process runs.
+    """
+    from accelerate import Accelerator
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # "Writing model shards" bars would interleave with our own progress bar
+    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def set_seed(seed: int, rank: int = 0) -> None:
+    """PPO_CHECKLIST A.5: per-rank sampling seeds differ (seed + rank); weight init uses its own seeded generator."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the global batch for optimizer step `step` (0-based).
+
+    The order is a pure function of (seed, epoch), so a resumed run and a run on more processes see exactly the
+    same examples at the same step. Batches never straddle epochs; the tail of each permutation is dropped.
+    """
+    per_epoch = num_examples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({num_examples} examples)")
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[offset * batch_size : (offset + 1) * batch_size].tolist()
+
+
+def check_batch_shape(cfg: OptimConfig, world_size: int) -> int:
+    """Global batch = micro batch × accumulation × processes; return the accumulation steps or raise."""
+    per_process, rest = divmod(cfg.batch_size, world_size)
+    if rest or per_process % cfg.micro_batch_size:
+        raise ValueError(
+            f"optim.batch_size={cfg.batch_size} must divide by processes ({world_size}) × "
+            f"optim.micro_batch_size ({cfg.micro_batch_size})"
+        )
+    return per_process // cfg.micro_batch_size
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, max_steps: int):
+    """AdamW over trainable parameters plus a warm-up + cosine/linear/constant schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    warmup = math.ceil(cfg.warmup_ratio * max_steps)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: OUTPUT_DIR/checkpoints/step-N/, written to a temporary folder and renamed, so a kill at any moment
+# leaves either the previous checkpoint or the complete new one.
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """Path of the highest complete step-N checkpoint, or None."""
+    found = []
+    for path in glob.glob(os.path.join(output_dir, "checkpoints", "step-*")):
+        match = CHECKPOINT_RE.search(path)
+        if match and os.path.isfile(os.path.join(path, "COMPLETE")):
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume_from: str | None, output_dir: str) -> str | None:
+    """'auto' = latest checkpoint in output_dir if any; a path must exist; None/'' = start fresh."""
+    if not resume_from:
+        return None
+    if resume_from == "auto":
+        return latest_checkpoint(output_dir)
+    if not os.path.isfile(os.path.join(resume_from, "COMPLETE")):
+        raise FileNotFoundError(f"resume_from='{resume_from}' is not a complete checkpoint folder")
+    return resume_from
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state: dict, keep: int = 2) -> str:
+    """Atomically save `models` (name -> module, HF save_pretrained) plus `state` (optimizer etc.) as step-N."""
+    final = os.path.join(output_dir, "checkpoints", f"step-{step}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    accelerator.wait_for_everyone()
+    # Each rank keeps its own RNG stream (seed + rank), so each saves it.
+    torch.save(rng_state(), os.path.join(tmp, f"rng_rank{accelerator.process_index}.pt"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name, model in models.items():
+            accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, name), safe_serialization=True)
+        torch.save(state, os.path.join(tmp, "training_state.pt"))
+        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _prune_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune_checkpoints(output_dir: str, keep: int) -> None:
+    paths = glob.glob(os.path.join(output_dir, "checkpoints", "step-*"))
+    steps = sorted((int(m.group(1)), p) for p in paths if (m := CHECKPOINT_RE.search(p)))
+    for _, path in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: str, models: dict, rank: int) -> dict:
+    """Load weights into `models` (unwrapped modules), restore this rank's RNG, and return the saved state."""
+    from safetensors.torch import load_file
+
+    for name, model in models.items():
+        folder = os.path.join(path, name)
+        weights = {}
+        for file in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+            weights.update(load_file(file))
+        if hasattr(model, "load_adapter_weights"):
+            model.load_adapter_weights(weights)
+        else:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            # Tied embeddings are saved once; anything else missing means the checkpoint does not match.
+            missing = [k for k in missing if "lm_head" not in k]
+            if missing or unexpected:
+                raise RuntimeError(
+                    f"{folder}: checkpoint does not match the model (missing={missing[:3]}, "
+                    f"unexpected={unexpected[:3]})"
+                )
+    state = torch.load(os.path.join(path, "training_state.pt"), weights_only=False)
+    rng_file = os.path.join(path, f"rng_rank{rank}.pt")
+    if os.path.isfile(rng_file):
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+def save_final(accelerator, model, tokenizer, folder: str, extra_files: dict | None = None) -> None:
+    """Write OUTPUT_DIR/final in Hugging Face format with its tokenizer, atomically (temp folder + rename)."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)

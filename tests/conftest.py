@@ -1,0 +1,82 @@
+"""Shared fixtures: a small demonstration file and a helper that runs the real CLI as a subprocess."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+# A smaller tiny model keeps end-to-end tests to seconds; the learning tests use the default size.
+SMALL_MODEL = [
+    "model.tiny.hidden_size=64",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=128",
+]
+CALCULATOR_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "The expression."}},
+            "required": ["expression"],
+        },
+    },
+}
+
+
+def addition_conversation(a: int, b: int) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "calculator", "arguments": {"expression": f"{a}+{b}"}}}
+                ],
+            },
+            {"role": "tool", "name": "calculator", "content": str(a + b)},
+            {"role": "assistant", "content": f"The answer is {a + b}."},
+        ],
+        "tools": [CALCULATOR_SCHEMA],
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_jsonl(tmp_path_factory) -> str:
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "demo.jsonl"
+    with open(path, "w") as handle:
+        for _ in range(200):
+            handle.write(json.dumps(addition_conversation(rng.randint(1, 99), rng.randint(1, 99))) + "\n")
+    return str(path)
+
+
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool = True):
+    """Run `rlagent ...` (or another venv binary) as a subprocess; return the CompletedProcess."""
+    full_env = {
+        **os.environ,
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        **(env or {}),
+    }
+    cmd = list(args) if args[0] != "rlagent" else [os.path.join(BIN, "rlagent"), *args[1:]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def read_metrics(output_dir) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

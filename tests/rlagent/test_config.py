@@ -1,0 +1,56 @@
+"""Config loading: YAML + overrides, and errors that name the key, the type, the file and the line."""
+
+import pytest
+
+from rlagent.config import ConfigError, load_config
+from rlagent.train_sft import SFTConfig
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "seed: 3\noptim:\n  lr: 1e-4\nmodel:\n  tiny:\n    num_layers: 3\n")
+    cfg = load_config(SFTConfig, path, ["optim.batch_size=32", "report_to=[jsonl,tensorboard]", "max_steps=7"])
+    assert (cfg.seed, cfg.optim.lr, cfg.model.tiny.num_layers) == (3, 1e-4, 3)
+    assert (cfg.optim.batch_size, cfg.max_steps, cfg.report_to) == (32, 7, ["jsonl", "tensorboard"])
+
+
+def test_unknown_key_names_key_closest_file_and_line(tmp_path):
+    path = write(tmp_path, "seed: 1\noptim:\n  lr: 0.1\n  bacth_size: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path)
+    assert str(err.value) == f"{path}:4: unknown key 'optim.bacth_size'; did you mean 'optim.batch_size'?"
+
+
+def test_wrong_type_names_key_type_and_file(tmp_path):
+    path = write(tmp_path, "max_steps: ten\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path)
+    assert str(err.value) == f"{path}:1: 'max_steps' must be int, got str 'ten'"
+
+
+def test_wrong_type_in_override_and_literal(tmp_path):
+    with pytest.raises(ConfigError, match=r"'optim.schedule' must be 'cosine' \| 'constant' \| 'linear'"):
+        load_config(SFTConfig, None, ["optim.schedule=square"])
+    with pytest.raises(ConfigError, match="'seed' must be int, got bool True"):
+        load_config(SFTConfig, None, ["seed=true"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found: /nope/c.yaml"):
+        load_config(SFTConfig, "/nope/c.yaml")
+
+
+def test_help_lists_every_field(capsys):
+    from rlagent.train_sft import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "optim.lr (float, default 0.001): Peak learning rate (AdamW)." in out
+    assert "model.tiny.hidden_size (int, default 192)" in out
+    assert "report_to (list[str], default ['jsonl'])" in out
