@@ -1,0 +1,28 @@
+"""rlagent environments: `import envs` registers `rlagent/Calculator-v0` and `rlagent/KBSearch-v0` with Gymnasium.
+
+Usage: `import envs; env = gymnasium.make("rlagent/Calculator-v0", split="test")`.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.env import ToolUseEnv
+
+ENV_KWARGS: dict[str, dict] = {
+    "rlagent/Calculator-v0": {"task_family": "arithmetic", "tools": ["calculator"]},
+    "rlagent/KBSearch-v0": {"task_family": "knowledge", "tools": ["search"]},
+}
+ENV_IDS: tuple[str, ...] = tuple(ENV_KWARGS)
+
+__all__ = ["ENV_IDS", "ENV_KWARGS", "ToolUseEnv", "register_envs"]
+
+
+def register_envs() -> None:
+    """Register both environments with Gymnasium; safe to call more than once."""
+    for env_id, kwargs in ENV_KWARGS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="envs.env:ToolUseEnv", kwargs=kwargs)
+
+
+register_envs()

@@ -1,0 +1,250 @@
+"""`ToolUseEnv`: a multi-turn Gymnasium environment where the action is an assistant message (text).
+
+An episode: reset() poses a task; each step() takes one assistant turn. A turn with tool calls runs the tools
+and returns their output as the observation; a malformed call or an unknown tool returns an `Error: ...`
+observation and a small penalty; a turn without a tool call is the final answer and ends the episode (reward
+`correct` or `wrong`); reaching `max_turns` without an answer truncates it (reward `truncated` added).
+
+`info["messages"]` is the chat history in Hugging Face format and `info["env_messages"]` the messages this step
+appended after the assistant message: the rollout engine renders exactly those through the chat template.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from envs.grading import is_correct
+from envs.parsing import ParsedAction, parse_assistant
+from envs.tasks import FAMILIES, Task, levels, sample_task
+from envs.tasks.task import check_split
+from envs.tools import check_arguments, resolve_tool, run_tool, tool_schema
+from envs.tools.knowledge_base import get_knowledge_base
+from envs.tools.search import DEFAULT_TOP_K, search, with_top_k
+
+DEFAULT_REWARDS = {"correct": 1.0, "wrong": 0.0, "truncated": -0.5, "invalid_call": -0.1, "valid_call": 0.0}
+DEFAULT_MAX_TURNS = {"arithmetic": 4, "knowledge": 5}
+DEFAULT_TOOLS = {"arithmetic": ["calculator"], "knowledge": ["search"]}
+DEFAULT_SYSTEM_PROMPT = "Use the tools to solve the task, then reply: The answer is <answer>."
+# spaces.Text defaults to alphanumerics only; chat text needs punctuation, spaces and newlines.
+CHARSET = string.printable
+MAX_ACTION_CHARS = 4096
+MAX_PROMPT_CHARS = 1024
+_CHARSET_SET = frozenset(CHARSET)
+
+Message = dict[str, Any]
+
+
+class ToolUseEnv(gym.Env[str, str]):
+    """Tool-using agent environment over arithmetic or knowledge-base tasks; text in, text out."""
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        task_family: str = "arithmetic",
+        split: str = "train",
+        difficulty: int | str = "mixed",
+        max_turns: int | None = None,
+        tools: Sequence[str | Callable] | None = None,
+        rewards: dict[str, float] | None = None,
+        tool_timeout_s: float = 1.0,
+        max_observation_chars: int = 300,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        top_k: int = DEFAULT_TOP_K,
+        max_tool_calls_per_turn: int = 4,
+        render_mode: str | None = None,
+    ) -> None:
+        if task_family not in FAMILIES:
+            raise ValueError(f"task_family must be one of {sorted(FAMILIES)}, got {task_family!r}")
+        check_split(split)
+        self.task_family, self.split = task_family, split
+        self.difficulty = self._check_difficulty(difficulty, "difficulty")
+        self.max_turns = _positive_int(DEFAULT_MAX_TURNS[task_family] if max_turns is None else max_turns, "max_turns")
+        self.rewards = _merge_rewards(rewards)
+        self.tool_timeout_s = float(tool_timeout_s)
+        self.max_observation_chars = _positive_int(max_observation_chars, "max_observation_chars")
+        self.max_tool_calls_per_turn = _positive_int(max_tool_calls_per_turn, "max_tool_calls_per_turn")
+        self.system_prompt = system_prompt
+        self.render_mode = render_mode
+        self.tools = _build_tools(DEFAULT_TOOLS[task_family] if tools is None else tools, top_k)
+        self.tool_schemas = [tool_schema(fn) for fn in self.tools.values()]
+        self.observation_space = spaces.Text(
+            max(max_observation_chars, MAX_PROMPT_CHARS), min_length=0, charset=CHARSET
+        )
+        self.action_space = spaces.Text(MAX_ACTION_CHARS, min_length=0, charset=CHARSET)
+        self._known_names = get_knowledge_base().names
+        self._task: Task | None = None
+        self._messages: list[Message] = []
+        self._turn = 0
+        self._done = True
+
+    # ----- episode API -------------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
+        """Start an episode; `options` may hold `difficulty` (curriculum override) or a pre-built `task`."""
+        super().reset(seed=seed)
+        self._task = self._choose_task(seed, options or {})
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        self._messages = system + [{"role": "user", "content": self._task.prompt}]
+        self._turn, self._done = 0, False
+        info = {"messages": list(self._messages), "tools": list(self.tool_schemas), "task": self._task.to_dict()}
+        return self._fit(self._task.prompt, self.observation_space.max_length), info
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
+        """Play one assistant turn: run its tool calls, or grade it as the final answer."""
+        if self._done or self._task is None:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        if not isinstance(action, str):
+            raise TypeError(f"action must be the assistant's text (str), got {type(action).__name__}")
+        self._turn += 1
+        parsed = parse_assistant(action)
+        if parsed.error is None and not parsed.tool_calls:
+            turn = self._final_answer(action)
+        else:
+            problem = parsed.error or self._call_problem(parsed)
+            turn = self._invalid_turn(action, problem) if problem else self._tool_turn(parsed)
+        truncated = not turn.terminated and self._turn >= self.max_turns
+        if truncated:
+            turn.components["truncated"] = self.rewards["truncated"]
+        self._done = turn.terminated or truncated
+        self._messages += [turn.assistant, *turn.env_messages]
+        info = {
+            "messages": list(self._messages),
+            "env_messages": turn.env_messages,
+            "reward_components": turn.components,
+            "success": turn.success,
+            "tool_calls": turn.n_calls,
+            "invalid_tool_call": turn.invalid,
+            "turn": self._turn,
+        }
+        return turn.observation, float(sum(turn.components.values())), turn.terminated, truncated, info
+
+    def render(self) -> str | None:
+        """With render_mode="ansi", the conversation so far as plain text."""
+        if self.render_mode != "ansi":
+            return None
+        return "\n".join(_render_message(message) for message in self._messages)
+
+    # ----- the three kinds of turn -------------------------------------------------------------------------
+
+    def _final_answer(self, action: str) -> _Turn:
+        success = is_correct(self._task, action, self._known_names)
+        outcome = "correct" if success else "wrong"
+        assistant = {"role": "assistant", "content": action}
+        observation = "Correct." if success else "Wrong."
+        return _Turn(observation, assistant, [], {outcome: self.rewards[outcome]}, terminated=True, success=success)
+
+    def _invalid_turn(self, action: str, problem: str) -> _Turn:
+        # The raw text is kept as content: there is no structured call to record.
+        observation = self._fit(f"Error: {problem}", self.max_observation_chars)
+        error_message = {"role": "tool", "name": "error", "content": observation}
+        assistant = {"role": "assistant", "content": action}
+        components = {"invalid_call": self.rewards["invalid_call"]}
+        return _Turn(observation, assistant, [error_message], components, invalid=True)
+
+    def _tool_turn(self, parsed: ParsedAction) -> _Turn:
+        calls = parsed.tool_calls
+        # Share the observation budget between calls so the joined observation equals the tool messages.
+        budget = max(1, (self.max_observation_chars - (len(calls) - 1)) // len(calls))
+        outputs, bad_arguments = [], False
+        for call in calls:
+            fn = self.tools[call["name"]]
+            bad_arguments |= check_arguments(fn, call["arguments"]) is not None
+            output, _ = run_tool(fn, call["arguments"], self.tool_timeout_s, budget)
+            outputs.append(self._fit(output, budget))
+        assistant = {
+            "role": "assistant",
+            "content": parsed.content,
+            "tool_calls": [{"type": "function", "function": call} for call in calls],
+        }
+        tool_messages = [{"role": "tool", "name": c["name"], "content": out} for c, out in zip(calls, outputs)]
+        # A call whose arguments do not fit the schema is an invalid call, even though it is well-formed.
+        key = "invalid_call" if bad_arguments else "valid_call"
+        components = {key: self.rewards[key]}
+        return _Turn(
+            "\n".join(outputs), assistant, tool_messages, components, n_calls=len(calls), invalid=bad_arguments
+        )
+
+    # ----- helpers -----------------------------------------------------------------------------------------
+
+    def _call_problem(self, parsed: ParsedAction) -> str | None:
+        """Why well-formed calls still cannot run: an unknown tool, or too many calls in one turn."""
+        if len(parsed.tool_calls) > self.max_tool_calls_per_turn:
+            return f"at most {self.max_tool_calls_per_turn} tool calls per turn"
+        for call in parsed.tool_calls:
+            if call["name"] not in self.tools:
+                return f"unknown tool {call['name'][:40]!r}; available: {', '.join(self.tools)}"
+        return None
+
+    def _choose_task(self, seed: int | None, options: dict) -> Task:
+        if options.get("task") is not None:
+            task = options["task"]
+            return task if isinstance(task, Task) else Task.from_dict(dict(task))
+        difficulty = self._check_difficulty(options.get("difficulty", self.difficulty), "options['difficulty']")
+        # Unseeded resets draw from the env's RNG, which reset(seed=...) seeded: sequences stay reproducible.
+        task_seed = seed if seed is not None else int(self.np_random.integers(2**31))
+        return sample_task(self.task_family, task_seed, self.split, difficulty)
+
+    def _check_difficulty(self, difficulty: int | str, field: str) -> int | str:
+        allowed = levels(self.task_family)
+        if difficulty != "mixed" and difficulty not in allowed:
+            raise ValueError(f"{field} for {self.task_family} must be one of {allowed} or 'mixed', got {difficulty!r}")
+        return difficulty
+
+    @staticmethod
+    def _fit(text: str, max_chars: int) -> str:
+        """Make `text` a member of the Text spaces: printable ASCII only ('?' otherwise), at most `max_chars`."""
+        text = text[:max_chars]
+        return text if _CHARSET_SET.issuperset(text) else "".join(c if c in _CHARSET_SET else "?" for c in text)
+
+
+@dataclass
+class _Turn:
+    """What one step produced, before truncation is applied."""
+
+    observation: str
+    assistant: Message
+    env_messages: list[Message]
+    components: dict[str, float]
+    terminated: bool = False
+    success: bool = False
+    n_calls: int = 0
+    invalid: bool = False
+
+
+def _build_tools(specs: Sequence[str | Callable], top_k: int) -> dict[str, Callable]:
+    """Tool name -> function; the built-in `search` is re-bound when the env asks for a different top_k."""
+    tools: dict[str, Callable] = {}
+    for spec in specs:
+        fn = resolve_tool(spec)
+        if fn is search and top_k != DEFAULT_TOP_K:
+            fn = with_top_k(_positive_int(top_k, "top_k"))
+        name = getattr(fn, "__name__", None)
+        if not name or name in tools:
+            raise ValueError(f"tools: {spec!r} has no usable name or duplicates another tool's name")
+        tools[name] = fn
+    return tools
+
+
+def _merge_rewards(overrides: dict[str, float] | None) -> dict[str, float]:
+    unknown = set(overrides or {}) - set(DEFAULT_REWARDS)
+    if unknown:
+        raise ValueError(f"rewards: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_REWARDS)}")
+    return {**DEFAULT_REWARDS, **{key: float(value) for key, value in (overrides or {}).items()}}
+
+
+def _positive_int(value: int, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+    return value
+
+
+def _render_message(message: Message) -> str:
+    calls = " ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in message.get("tool_calls", []))
+    return f"[{message['role']}] {message.get('content') or ''}{calls}"

@@ -1,0 +1,95 @@
+"""The calculator: correct on ordinary expressions, and fast `Error:` strings on hostile ones."""
+
+import time
+
+import pytest
+from transformers.utils import get_json_schema
+
+from envs.tools import calculator
+from envs.tools.calculator import format_number
+
+CASES = [
+    ("23+45", "68"),
+    ("99-74", "25"),
+    ("2-5", "-3"),
+    ("-3", "-3"),
+    ("--3", "3"),
+    ("+7", "7"),
+    ("12*34", "408"),
+    ("84/4", "21"),
+    ("5/2", "2.5"),
+    ("7/2", "3.5"),
+    ("1/3", "0.333333"),
+    ("2/3", "0.666667"),
+    ("2**10", "1024"),
+    ("2**-1", "0.5"),
+    ("2**0.5", "1.414214"),
+    ("(78+51)*99", "12771"),
+    ("2+3*4", "14"),
+    ("(2+3)*4", "20"),
+    ("0.1+0.2", "0.3"),
+    ("1.5*4", "6"),
+    ("  17 - 4 \n", "13"),
+    ("1e3+1", "1001"),
+    ("1000000*1000000", "1000000000000"),
+]
+
+
+@pytest.mark.parametrize(("expression", "expected"), CASES)
+def test_calculator_is_correct(expression, expected):
+    assert calculator(expression) == expected
+
+
+HOSTILE = {
+    "power tower": "9**9**9**9",
+    "huge power": "10**100000",
+    "deep parentheses": "(" * 10_000 + "1" + ")" * 10_000,
+    "moderately deep parentheses": "(" * 60 + "1" + ")" * 60,
+    "import": "__import__('os')",
+    "import system": "__import__('os').system('echo hi')",
+    "attribute": "(1).__class__",
+    "one megabyte": "1+" * 500_000 + "1",
+    "name": "x",
+    "builtin call": "abs(-3)",
+    "lambda": "lambda: 1",
+    "list comprehension": "[i for i in range(10**9)]",
+    "string": "'a'*10",
+    "bool": "True+1",
+    "complex": "1j*2",
+    "division by zero": "1/0",
+    "zero to negative power": "0**-1",
+    "big operand": "9" * 30,
+    "big product": "999999*999999*999999",
+    "negative fractional power": "(-8)**0.5",
+    "tiny base huge negative exponent": "0.001**-60",
+    "empty": "",
+    "syntax": "2+*3",
+    "xor": "2^3",
+    "floor division": "7//2",
+    "not a string": 42,
+    "walrus": "(x:=1)",
+    "subscript": "[1][0]",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_input_is_a_fast_error(name):
+    start = time.perf_counter()
+    output = calculator(HOSTILE[name])
+    elapsed = time.perf_counter() - start
+    assert output.startswith("Error:"), output
+    assert elapsed < 0.1, f"{name} took {elapsed:.3f} s"
+
+
+def test_format_number():
+    assert format_number(68) == "68"
+    assert format_number(2.0) == "2"
+    assert format_number(-0.0000001) == "0"
+    assert format_number(123.4567891) == "123.456789"
+
+
+def test_schema_comes_from_the_docstring():
+    schema = get_json_schema(calculator)["function"]
+    assert schema["name"] == "calculator"
+    assert schema["parameters"]["properties"]["expression"]["type"] == "string"
+    assert schema["parameters"]["required"] == ["expression"]
