@@ -30,7 +30,7 @@ from envs.tools.search import DEFAULT_TOP_K, search, with_top_k
 DEFAULT_REWARDS = {"correct": 1.0, "wrong": 0.0, "truncated": -0.5, "invalid_call": -0.1, "valid_call": 0.0}
 DEFAULT_MAX_TURNS = {"arithmetic": 4, "knowledge": 5}
 DEFAULT_TOOLS = {"arithmetic": ["calculator"], "knowledge": ["search"]}
-DEFAULT_SYSTEM_PROMPT = "Use the tools to solve the task, then reply: The answer is <answer>."
+DEFAULT_SYSTEM_PROMPT = "Use the tools, then reply: The answer is X."
 # spaces.Text defaults to alphanumerics only; chat text needs punctuation, spaces and newlines.
 CHARSET = string.printable
 MAX_ACTION_CHARS = 4096

@@ -170,8 +170,13 @@ def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dic
     return out
 
 
-def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int]) -> Any:
-    """Recursively build dataclass `cls` from a nested dict, checking every key and type."""
+def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int], base: Any = None) -> Any:
+    """Recursively build dataclass `cls` from a nested dict on top of `base` (its defaults), checking every key/type.
+
+    Starting from the default instance keeps a stage's own defaults for a shared piece (PPO's constant-lr optimiser)
+    when the file sets only some of its keys.
+    """
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -186,11 +191,11 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{full}' must be a mapping of {tp.__name__} fields, got {value!r}")
-            kwargs[key] = _build(tp, value, full + ".", source, lines)
+            kwargs[key] = _build(tp, value, full + ".", source, lines, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, full, where)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ validation
         raise ConfigError(f"{source}: {prefix or 'config'}: {err}") from None
 
@@ -245,17 +250,19 @@ def save_config(cfg: Any, path: str) -> None:
         yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
 
 
-def help_text(cls: type, prefix: str = "") -> list[str]:
-    """One line per field: key (type, default): doc."""
+def help_text(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field: key (type, default): doc. Defaults come from an instance, so a stage's own defaults for
+    a shared piece (e.g. PPO's optimiser) are the ones shown."""
     out = []
+    defaults = cls() if defaults is None else defaults
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
             out.append(f"  {prefix}{f.name}.*: {f.metadata.get('help', '')}")
-            out.extend(help_text(tp, f"{prefix}{f.name}."))
+            out.extend(help_text(tp, f"{prefix}{f.name}.", default))
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()
         out.append(f"  {prefix}{f.name} ({type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
     return out
 

@@ -63,9 +63,12 @@ def check_batch_shape(cfg: OptimConfig, world_size: int) -> int:
     return per_process // cfg.micro_batch_size
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, max_steps: int):
-    """AdamW over trainable parameters plus a warm-up + cosine/linear/constant schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model_or_groups, cfg: OptimConfig, max_steps: int):
+    """AdamW over a module's trainable parameters (or explicit param groups) plus warm-up + cosine/linear/constant."""
+    if isinstance(model_or_groups, torch.nn.Module):
+        params = [p for p in model_or_groups.parameters() if p.requires_grad]
+    else:
+        params = model_or_groups
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     warmup = math.ceil(cfg.warmup_ratio * max_steps)
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule]

@@ -54,3 +54,11 @@ def test_help_lists_every_field(capsys):
     assert "optim.lr (float, default 0.001): Peak learning rate (AdamW)." in out
     assert "model.tiny.hidden_size (int, default 192)" in out
     assert "report_to (list[str], default ['jsonl'])" in out
+
+
+def test_partial_nested_override_keeps_stage_defaults():
+    """Setting one optimiser key keeps PPO's own optimiser defaults (constant schedule), not the class defaults."""
+    from rlagent.train_ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, None, ["optim.lr=1e-5"])
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_ratio) == (1e-5, "constant", 0.0)

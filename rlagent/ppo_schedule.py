@@ -1,0 +1,92 @@
+"""What PPO plays each iteration: episode seeds, the difficulty curriculum, and the sample-trajectory table."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+def episode_seeds(seed: int, iteration: int, rank: int, n: int, group_size: int = 1) -> list[int]:
+    """Task seeds for this rank's n episodes; consecutive groups of `group_size` share a task (GRPO / RLOO).
+
+    A pure function of (seed, iteration, rank), so a resumed run replays exactly the same tasks.
+    """
+    base = (seed * 1_000_003 + iteration * 10_007 + rank * 1_009) * 1_000
+    return [base + i // group_size for i in range(n)]
+
+
+class Curriculum:
+    """Per-environment difficulty that rises when rolling success passes a threshold; checkpointable."""
+
+    def __init__(self, cfg, env_ids: list[str]):
+        self.cfg = cfg
+        self.level = {env_id: cfg.start for env_id in env_ids}
+        self.window = {env_id: deque(maxlen=cfg.window) for env_id in env_ids}
+
+    def options(self, env_names: list[str]) -> list[dict | None]:
+        """reset() options per episode: the current difficulty, or None (environment default) when disabled."""
+        if not self.cfg.enabled:
+            return [None] * len(env_names)
+        return [{"difficulty": self.level[name]} for name in env_names]
+
+    def update(self, env_names: list[str], successes: list[float]) -> None:
+        if not self.cfg.enabled:
+            return
+        for name, success in zip(env_names, successes):
+            self.window[name].append(float(success))
+        for name, window in self.window.items():
+            full = len(window) == window.maxlen
+            if full and sum(window) / len(window) >= self.cfg.threshold and self.level[name] < self.cfg.max_level:
+                self.level[name] += 1
+                window.clear()  # judge the new level on its own episodes
+
+    def metrics(self) -> dict:
+        if not self.cfg.enabled:
+            return {}
+        return {f"curriculum/{name.split('/')[-1]}_level": level for name, level in self.level.items()}
+
+    def state_dict(self) -> dict:
+        return {"level": dict(self.level), "window": {k: list(v) for k, v in self.window.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.level.update(state["level"])
+        for name, values in state["window"].items():
+            self.window[name] = deque(values, maxlen=self.cfg.window)
+
+
+def render_transcript(tokenizer, input_ids, policy_mask, attention_mask) -> str:
+    """Decode one episode with policy tokens wrapped in [[...]] so a reader sees exactly what was trained on."""
+    parts, current, current_is_policy = [], [], None
+    for token, is_policy, real in zip(input_ids.tolist(), policy_mask.tolist(), attention_mask.tolist()):
+        if not real:
+            break
+        if current and bool(is_policy) != current_is_policy:
+            text = tokenizer.decode(current, skip_special_tokens=False)
+            parts.append(f"[[{text}]]" if current_is_policy else text)
+            current = []
+        current.append(token)
+        current_is_policy = bool(is_policy)
+    if current:
+        text = tokenizer.decode(current, skip_special_tokens=False)
+        parts.append(f"[[{text}]]" if current_is_policy else text)
+    return "".join(parts)
+
+
+def sample_rows(traj, tokenizer, env_names: list[str], scores, n: int = 4) -> tuple[list[str], list[list]]:
+    """(columns, rows) for the sample-trajectory table: the first n episodes of the batch."""
+    columns = ["env", "task", "transcript", "score", "env_reward", "success", "turns"]
+    rows = []
+    for i in range(min(n, len(traj))):
+        task = traj.tasks[i].get("prompt", "") if isinstance(traj.tasks[i], dict) else str(traj.tasks[i])
+        transcript = render_transcript(tokenizer, traj.input_ids[i], traj.policy_mask[i], traj.attention_mask[i])
+        rows.append(
+            [
+                env_names[i],
+                task,
+                transcript,
+                float(scores[i]),
+                float(traj.env_reward[i]),
+                bool(traj.success[i]),
+                int(traj.turns[i]),
+            ]
+        )
+    return columns, rows

@@ -1,0 +1,32 @@
+"""`rlagent quickstart --smoke`: the whole pipeline end to end on minutes-scale settings; checks the summary's shape."""
+
+import json
+
+from tests.conftest import run_cli
+
+METRICS = (
+    "success_rate",
+    "success_ci95",
+    "mean_reward",
+    "mean_turns",
+    "tool_calls_per_episode",
+    "invalid_tool_call_rate",
+    "episodes",
+)
+
+
+def test_quickstart_smoke(tmp_path):
+    proc = run_cli("rlagent", "quickstart", "--output-dir", str(tmp_path), "--smoke", "--eval-episodes", "8")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for env_id in ("rlagent/Calculator-v0", "rlagent/KBSearch-v0"):
+        row = summary[env_id]
+        for policy in ("sft", "ppo"):
+            assert all(key in row[policy] for key in METRICS), row[policy]
+            assert 0.0 <= row[policy]["success_rate"] <= 1.0 and row[policy]["episodes"] == 8
+            lo, hi = row[policy]["success_ci95"]
+            assert lo <= row[policy]["success_rate"] <= hi
+        assert 0.0 <= row["p_value"] <= 1.0
+    for stage in ("sft", "reward", "ppo"):
+        assert (tmp_path / stage / "final" / "config.json").is_file()
+        assert summary["seconds"][stage] > 0
+    assert "held-out" in proc.stdout and "PPO" in proc.stdout

@@ -1,0 +1,216 @@
+"""Stage 3: PPO update invariants on a synthetic multi-turn batch, and the loop end to end as a subprocess."""
+
+import copy
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from rlagent import ppo_core as core
+from rlagent.config import TinyModelConfig, load_config
+from rlagent.ppo_models import forward_policy, forward_value, load_value_model
+from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
+from rlagent.training import make_accelerator
+from tests.conftest import BIN, SMALL_MODEL, read_metrics, run_cli
+
+WORKER = os.path.join(os.path.dirname(__file__), "ppo_step_worker.py")
+
+
+def synthetic_batch(n: int = 8, seed: int = 0):
+    """A multi-turn-shaped batch: prompt, policy turn, environment reply, policy turn, right padding."""
+    tok = build_tiny_tokenizer()
+    cfg = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    policy = build_tiny_model(cfg, tok, seed)
+    value = load_value_model("policy", policy, None, torch.float32)
+    torch.nn.init.normal_(value.score.weight, std=0.1)  # a non-trivial critic
+    g = torch.Generator().manual_seed(seed)
+    width = 40
+    input_ids = torch.randint(0, 256, (n, width), generator=g)
+    attention = torch.ones(n, width, dtype=torch.long)
+    mask = torch.zeros(n, width)
+    for i in range(n):
+        length = width - (i % 4) * 3  # different lengths -> right padding
+        attention[i, length:] = 0
+        input_ids[i, length:] = tok.pad_token_id
+        mask[i, 8:16] = 1  # first policy turn
+        mask[i, 24 : length - 2] = 1  # second policy turn (env tokens 16..24 in between)
+    with torch.no_grad():
+        old_logp, _ = forward_policy(policy, input_ids, attention, 1.0)
+        old_values = forward_value(value, input_ids, attention)
+    scores = torch.randn(n, generator=g)
+    kl = torch.zeros(n, width)
+    rewards, _ = core.token_rewards(kl, scores, mask, 0.0)
+    adv, returns = core.gae(rewards, old_values, mask, 1.0, 0.95)
+    adv = core.masked_whiten(adv, mask) * mask
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "policy_mask": mask,
+        "old_logprobs": old_logp,
+        "old_values": old_values,
+        "advantages": adv,
+        "returns": returns,
+    }
+    return policy, value, batch
+
+
+def one_step(policy, value, batch, micro: int, accelerator=None):
+    accelerator = accelerator or make_accelerator()
+    n = batch["input_ids"].shape[0]
+    cfg = load_config(
+        PPOConfig, None, [f"optim.batch_size={n}", f"optim.micro_batch_size={micro}", "optim.lr=0.01", "value.lr=0.01"]
+    )
+    params = [
+        {"params": list(policy.parameters()), "lr": cfg.optim.lr},
+        {"params": list(value.parameters()), "lr": cfg.value.lr},
+    ]
+    optimizer = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0)
+    stats = ppo_minibatch_step(cfg, accelerator, policy, value, optimizer, batch, list(range(n)), True)
+    return stats
+
+
+def test_first_minibatch_ratio_is_exactly_one():
+    """Old log-probs come from the same training forward, so ratio == 1 and approx_kl == 0 before any update."""
+    policy, value, batch = synthetic_batch()
+    stats = one_step(policy, value, batch, micro=4)
+    assert stats["policy/ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["policy/ratio_max"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["policy/approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["policy/clipfrac"] == 0.0
+
+
+def test_environment_tokens_get_no_gradient():
+    """Changing targets (advantages, returns, old log-probs) on environment tokens changes no gradient."""
+    policy, value, batch = synthetic_batch()
+    env = (batch["policy_mask"] == 0) & (batch["attention_mask"] == 1)
+    grads = []
+    for variant in range(2):
+        p, v, b = copy.deepcopy(policy), copy.deepcopy(value), {k: t.clone() for k, t in batch.items()}
+        if variant:
+            for key in ("advantages", "returns", "old_logprobs", "old_values"):
+                b[key][env] = torch.randn(int(env.sum())) * 100
+        cfg = load_config(
+            PPOConfig, None, ["optim.batch_size=8", "optim.micro_batch_size=8", "optim.lr=0.0", "value.lr=0.0"]
+        )
+        opt = torch.optim.SGD(list(p.parameters()) + list(v.parameters()), lr=0.0)
+        original_zero = opt.zero_grad
+        opt.zero_grad = lambda set_to_none=True: None  # keep the gradients for inspection
+        ppo_minibatch_step(cfg, make_accelerator(), p, v, opt, b, list(range(8)), True)
+        grads.append([q.grad.clone() for q in list(p.parameters()) + list(v.parameters())])
+        opt.zero_grad = original_zero
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_loss_invariant_to_accumulation_and_processes(tmp_path):
+    """Global batch 8 as micro 8 x 1, micro 2 x 4, and 2 processes x (micro 4 x 1): the same parameters after one
+    AdamW step (lr 0.01, so each parameter moves ~0.01) to 1e-5 absolute, i.e. 0.1 % of a step; float32 summation
+    order is the only difference (measured worst case ~1e-6)."""
+    policy, value, batch = synthetic_batch()
+    saved = tmp_path / "batch.pt"
+    torch.save({"policy": policy, "value": value, "batch": batch}, saved)
+    results = {}
+    for name, micro in (("8x1", 8), ("2x4", 2)):
+        run_cli(os.path.join(BIN, "python"), WORKER, str(saved), str(tmp_path / f"{name}.pt"), str(micro))
+        results[name] = torch.load(tmp_path / f"{name}.pt")
+    run_cli(
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        WORKER,
+        str(saved),
+        str(tmp_path / "2proc.pt"),
+        "4",
+    )
+    results["2proc"] = torch.load(tmp_path / "2proc.pt")
+    before = {
+        **{f"policy.{k}": v for k, v in policy.state_dict().items()},
+        **{f"value.{k}": v for k, v in value.state_dict().items()},
+    }
+    moved = max((results["8x1"][k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-3  # the step really changed the parameters
+    for other in ("2x4", "2proc"):
+        for key in before:
+            torch.testing.assert_close(results[other][key], results["8x1"][key], rtol=0, atol=1e-5)
+
+
+def ppo(output_dir, sft_final, *extra, check=True):
+    return run_cli(
+        "rlagent",
+        "ppo",
+        f"output_dir={output_dir}",
+        f"model.name_or_path={sft_final}",
+        "progress=false",
+        "env.episodes=8",
+        "optim.batch_size=4",
+        "optim.micro_batch_size=4",
+        "rollout.max_new_tokens=48",
+        "rollout.max_total_tokens=512",
+        *extra,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_sft(tmp_path_factory):
+    """A briefly trained small policy (seconds): enough to emit tool calls sometimes."""
+    out = tmp_path_factory.mktemp("sft")
+    run_cli(
+        "rlagent",
+        "sft",
+        f"output_dir={out}",
+        "max_steps=30",
+        "progress=false",
+        "save_every=0",
+        "data.episodes=200",
+        "optim.lr=3e-3",
+        *SMALL_MODEL,
+    )
+    return str(out / "final")
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(("timing/", "perf/"))} for r in rows]
+
+
+def test_ppo_resume_gives_identical_metrics(tmp_path, small_sft):
+    ppo(tmp_path / "a", small_sft, "max_steps=4", "save_every=2")
+    ppo(tmp_path / "b", small_sft, "max_steps=4", "save_every=2")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-4")
+    shutil.rmtree(tmp_path / "b" / "final")
+    proc = ppo(tmp_path / "b", small_sft, "max_steps=4", "save_every=2", "resume_from=auto")
+    assert "checkpoints/step-2" in proc.stdout
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert comparable(a) == comparable(b)
+    for key in ("objective/kl", "policy/approx_kl", "policy/clipfrac", "val/loss", "env/success_rate", "grad_norm"):
+        assert key in a[-1]
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["steps"] == 4 and (tmp_path / "a" / "final" / "config.json").is_file()
+
+
+def test_nan_reward_is_skipped_and_logged(tmp_path, small_sft):
+    ppo(tmp_path, small_sft, "max_steps=3", "save_every=0", "inject_nan_reward_at=1")
+    rows = read_metrics(tmp_path)
+    assert [r["objective/nonfinite_scores"] for r in rows] == [0, 1, 0]
+    assert all(isinstance(r["policy/loss"], float) for r in rows)  # finite numbers, not "nan" strings
+    assert rows[-1]["step"] == 3
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_critic_free_estimators_run(tmp_path, small_sft, estimator):
+    ppo(tmp_path, small_sft, "max_steps=2", "save_every=0", f"algo.estimator={estimator}", "algo.group_size=4")
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2 and "val/loss" not in rows[-1]
