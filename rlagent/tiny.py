@@ -67,9 +67,9 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_model(cfg, tokenizer, seed: int) -> LlamaForCausalLM:
-    """A small Llama-style causal LM sized by `cfg` (a TinyModelConfig), initialised from `seed`."""
-    config = LlamaConfig(
+def tiny_llama_config(cfg, tokenizer) -> LlamaConfig:
+    """The tiny default's LlamaConfig, sized by `cfg` (a TinyModelConfig); shared by the policy and reward model."""
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -84,6 +84,11 @@ def build_tiny_model(cfg, tokenizer, seed: int) -> LlamaForCausalLM:
         bos_token_id=None,
         attention_dropout=0.0,
     )
+
+
+def build_tiny_model(cfg, tokenizer, seed: int) -> LlamaForCausalLM:
+    """A small Llama-style causal LM sized by `cfg` (a TinyModelConfig), initialised from `seed`."""
+    config = tiny_llama_config(cfg, tokenizer)
     # A private generator keeps model init independent of whatever consumed the global RNG before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

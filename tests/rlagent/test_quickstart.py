@@ -1,4 +1,4 @@
-"""`rlagent quickstart --smoke`: the whole pipeline end to end on minutes-scale settings; checks the summary's shape."""
+"""`rlagent quickstart --smoke`: the whole pipeline on minutes-scale settings; checks the summary shape."""
 
 import json
 
