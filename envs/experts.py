@@ -150,11 +150,21 @@ def run_expert_episode(env: gym.Env, expert: ScriptedExpert, seed: int, options:
 
 
 def generate_demonstrations(
-    env_id: str, episodes: int, noise: float = 0.0, seed: int = 0, split: str = "train", only_successful: bool = False
+    env_id: str,
+    episodes: int,
+    noise: float = 0.0,
+    seed: int = 0,
+    split: str = "train",
+    only_successful: bool = False,
+    difficulty: int | str | None = None,
+    modes: tuple[str, ...] = FAILURE_MODES,
 ) -> list[dict[str, Any]]:
-    """SFT conversations {"messages", "tools"} from `episodes` expert episodes (successful ones only if asked)."""
-    env = gym.make(env_id, split=split)
-    expert = ScriptedExpert(noise=noise, seed=seed)
+    """SFT conversations {"messages", "tools"} from `episodes` expert episodes (successful ones only if asked).
+
+    `difficulty` (None = the environment's default mix) and the expert's failure `modes` are passed through.
+    """
+    env = gym.make(env_id, split=split, **({} if difficulty is None else {"difficulty": difficulty}))
+    expert = ScriptedExpert(noise=noise, seed=seed, modes=tuple(modes))
     seeds = random.Random(seed)
     rows = []
     for _ in range(episodes):

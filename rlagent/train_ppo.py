@@ -166,7 +166,9 @@ def score_episodes(cfg: PPOConfig, traj, reward_model, tokenizer, iteration: int
     if cfg.reward.missing_eos == "penalty":
         scores = scores - cfg.reward.missing_eos_penalty * traj.missing_eos
     elif cfg.reward.missing_eos == "mask":
+        # DAPO-style: the episode leaves the loss entirely (its score goes with it).
         traj.policy_mask[traj.missing_eos.bool()] = 0
+        scores = torch.where(traj.missing_eos.bool(), torch.zeros_like(scores), scores)
     if cfg.inject_nan_reward_at == iteration:
         scores[0] = float("nan")
     bad = ~torch.isfinite(scores)

@@ -57,6 +57,11 @@ class SFTDataConfig:
     episodes: int = doc("Expert episodes per environment (source: expert).", 400)
     noise: float = doc("Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0)
     only_successful: bool = doc("Keep only expert episodes that succeeded.", False)
+    difficulty: int | None = doc("Task difficulty level for expert episodes (null = the environment's mix).", None)
+    noise_modes: list[str] = doc(
+        "Expert failure modes noise picks from (guess, malformed, loop, typo, one_hop).",
+        factory=lambda: ["guess", "malformed", "loop", "typo", "one_hop"],
+    )
     eval_fraction: float = doc("Fraction of conversations held out for eval loss.", 0.05)
 
 
@@ -103,6 +108,8 @@ def load_conversations(cfg: SFTConfig) -> list[dict]:
             seed=cfg.seed * 1000 + i,
             split="train",
             only_successful=cfg.data.only_successful,
+            difficulty=cfg.data.difficulty,
+            modes=tuple(cfg.data.noise_modes),
         )
     return rows
 

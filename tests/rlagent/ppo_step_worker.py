@@ -20,14 +20,16 @@ def main() -> None:
     world, rank = accelerator.num_processes, accelerator.process_index
     n = saved["batch"]["input_ids"].shape[0]
     cfg = load_config(
-        PPOConfig, None, [f"optim.batch_size={n}", f"optim.micro_batch_size={micro}", "optim.lr=0.01", "value.lr=0.01"]
+        PPOConfig, None, [f"optim.batch_size={n}", f"optim.micro_batch_size={micro}", "optim.lr=1.0", "value.lr=1.0"]
     )
     policy, value = saved["policy"], saved["value"]
     params = [
         {"params": list(policy.parameters()), "lr": cfg.optim.lr},
         {"params": list(value.parameters()), "lr": cfg.value.lr},
     ]
-    optimizer = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0)
+    # Plain SGD: AdamW's first step is ~lr*sign(g), which turns float noise on near-zero gradients into visible
+    # parameter differences and would hide what this checks (the gradient itself).
+    optimizer = torch.optim.SGD(params)
     policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
     share = n // world
     rows = {k: v[rank * share : (rank + 1) * share] for k, v in saved["batch"].items()}

@@ -16,14 +16,32 @@ def tokenizer():
     return build_tiny_tokenizer()
 
 
-def test_bytes_round_trip_and_special_ids(tokenizer):
-    text = "Zorvath: 3,120 people — café\n\t{}"
+def test_round_trip_digits_and_special_ids(tokenizer):
+    text = "Zorvath: 3,120 people — café\n\t{} \x00\x7f ünïcödé 🙂"
     ids = tokenizer(text).input_ids
-    assert ids == list(text.encode("utf-8"))  # every byte is one token, id = byte value
-    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids) == text  # byte-level: any text round-trips
+    digits = tokenizer("population 9081726354").input_ids
+    assert [tokenizer.decode([i]) for i in digits][-10:] == list("9081726354")  # one token per digit
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer("<tool_call>").input_ids == [tokenizer.convert_tokens_to_ids("<tool_call>")]
+    # Merges learned from the task corpus compress the tool-call boilerplate (bytes alone would be 20 tokens).
+    assert len(tokenizer('{"name": "calculator"').input_ids) <= 8
+
+
+def test_tokenizer_is_deterministic_across_processes():
+    import subprocess
+    import sys
+
+    code = (
+        "from rlagent.tiny import build_tiny_tokenizer as b; import json; "
+        "print(json.dumps(b().get_vocab(), sort_keys=True))"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and len(runs[0]) > 1000
 
 
 def test_assistant_mask_token_by_token(tokenizer):
