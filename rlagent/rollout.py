@@ -1,8 +1,12 @@
 """Batched multi-turn rollouts: many episodes at once, token in / token out, environment tokens masked out.
 
-Each turn, every still-active episode is left-padded into ONE `generate` call (KV cache, stop at end-of-turn, plain
-temperature sampling). The sampled ids are kept as they are (never decoded and re-tokenised); the environment's
-reply is rendered through the chat template and appended as tokens with policy_mask = 0 (PPO_CHECKLIST B.11, C.12).
+Each turn, every still-active episode joins ONE batched decode (stop at end-of-turn, plain temperature sampling).
+The sampled ids are kept as they are (never decoded and re-tokenised); the environment's reply is rendered through
+the chat template and appended as tokens with policy_mask = 0 (PPO_CHECKLIST B.11, C.12).
+
+The decode keeps each episode's keys/values between turns, so a turn only prefills the environment's reply, and it
+drops finished rows from the batch at once instead of decoding padding until the longest turn ends. Models whose
+cache is not a plain DynamicCache (sliding-window, hybrid) fall back to one `model.generate` call per turn.
 
     envs = make_envs("rlagent/Calculator-v0", 32, split="test")
     traj = run_episodes(ModelPolicy(model, tokenizer, greedy=True), envs, seeds=list(range(32)), tokenizer=tokenizer)
@@ -10,12 +14,15 @@ reply is rendered through the chat template and appended as tokens with policy_m
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -63,6 +70,8 @@ class _Episode:
     tools: list
     task: dict
     actor: Callable | None = None  # per-episode state of a TextPolicy (e.g. a noisy expert's RNG)
+    kv: list | None = None  # ModelPolicy: per layer (keys, values) of tokens[:cached_tokens], shape (heads, t, dim)
+    cached_tokens: int = 0
     done: bool = False
     reward: float = 0.0
     success: bool = False
@@ -80,57 +89,154 @@ class _Episode:
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen ships top_k=20, top_p=0.8, repetition_penalty
 # 1.05). HF fills every knob we leave unset from the checkpoint, so each is pinned to its neutral value.
-NEUTRAL_SAMPLING = dict(
-    top_k=0,
-    top_p=1.0,
-    min_p=0.0,
-    typical_p=1.0,
-    epsilon_cutoff=0.0,
-    eta_cutoff=0.0,
-    repetition_penalty=1.0,
-    no_repeat_ngram_size=0,
-)
+NEUTRAL_SAMPLING = dict(top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                        repetition_penalty=1.0, no_repeat_ngram_size=0)  # fmt: skip
 
 
 class ModelPolicy:
     """An HF causal LM sampling with plain temperature (no top-k/top-p/repetition penalty: PPO_CHECKLIST B.6).
 
     Generation stops at the tokenizer's eos token (the end-of-turn token, e.g. <|im_end|>); a turn that reaches
-    `max_new_tokens` first is kept as sampled and flagged `missing_eos`.
+    `max_new_tokens` first is kept as sampled and flagged `missing_eos`. reuse_cache=False (or a model without a plain
+    DynamicCache) decodes each turn with `model.generate` from scratch instead.
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 96, temperature: float = 1.0, greedy: bool = False):
+    def __init__(self, model, tokenizer, max_new_tokens: int = 96, temperature: float = 1.0, greedy: bool = False,
+                 reuse_cache: bool = True):  # fmt: skip
         self.model, self.tokenizer = model, tokenizer
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.temperature, self.greedy = max_new_tokens, temperature, greedy
+        self.reuse_cache = reuse_cache and supports_cache_reuse(model)
+        self.logits_to_keep = "logits_to_keep" in inspect.signature(_base(model).forward).parameters
         sampling = {} if greedy else {"temperature": temperature, **NEUTRAL_SAMPLING}
+        # Used by the model.generate fallback (and benchmarks); the cached decode samples by itself.
         self.generation_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
+            max_new_tokens=max_new_tokens, do_sample=not greedy, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
             **sampling,
-        )
+        )  # fmt: skip
 
     def act(self, episodes: list[_Episode]) -> list[list[int]]:
-        return self.generate([ep.tokens for ep in episodes])
+        if not self.reuse_cache:
+            return self.generate([ep.tokens for ep in episodes])
+        with torch.no_grad(), _eval_mode(self.model):
+            return self._decode(episodes)
 
-    @torch.no_grad()
     def generate(self, sequences: list[list[int]]) -> list[list[int]]:
-        """One turn for each sequence: left-padded into a single batch; position_ids follow the attention mask."""
+        """One turn for each sequence with `model.generate`: left-padded; position_ids follow the attention mask."""
         width = max(len(s) for s in sequences)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in sequences], device=device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with torch.no_grad(), _eval_mode(self.model):
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, generation_config=self.generation_config
             )
-        finally:
-            self.model.train(was_training)
         return [cut_at_eos(row[width:].tolist(), self.eos_id) for row in out]
+
+    def _decode(self, episodes: list[_Episode]) -> list[list[int]]:
+        """Prefill what each episode's cache lacks, then sample token by token; finished rows leave the batch."""
+        input_ids, position_ids, attention, cache = _prefill_inputs(episodes, self.pad_id, self.model)
+        extra = {"logits_to_keep": 1} if self.logits_to_keep else {}
+        logits = self._forward(input_ids, attention, position_ids, cache, **extra)
+        positions, rows, outputs = position_ids[:, -1:] + 1, list(range(len(episodes))), [[] for _ in episodes]
+        while True:
+            tokens = self._sample(logits)
+            keep = []
+            for row, token in enumerate(tokens.tolist()):
+                out = outputs[rows[row]]
+                out.append(token)
+                if token == self.eos_id or len(out) >= self.max_new_tokens:
+                    _save_kv(episodes[rows[row]], cache, attention[row], row)
+                else:
+                    keep.append(row)
+            if not keep:
+                return outputs
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=tokens.device)
+                cache.batch_select_indices(index)
+                tokens, attention, positions = tokens[index], attention[index], positions[index]
+                rows = [rows[row] for row in keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            logits = self._forward(tokens[:, None], attention, positions, cache)
+            positions = positions + 1
+
+    def _forward(self, input_ids, attention, position_ids, cache, **extra) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, **extra)  # fmt: skip
+        return out.logits[:, -1]
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.greedy:
+            return logits.argmax(-1)
+        return torch.multinomial(torch.softmax(logits.float() / self.temperature, dim=-1), 1)[:, 0]
+
+
+def _base(model):
+    """The underlying transformers model of a PEFT wrapper (for signature checks)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_cache_reuse(model) -> bool:
+    """Keys/values can be kept between turns when every cache layer of the model is a plain DynamicLayer."""
+    layers = DynamicCache(config=model.config).layers
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _prefill_inputs(episodes: list[_Episode], pad_id: int, model):
+    """Rows laid out as [pad | cached keys/values] + [pad | tokens not yet in the cache], with true positions.
+
+    The padding in the middle is masked out; position_ids are each token's index in its own episode, so a row's
+    logits do not depend on the other rows (the batched == sequential test checks this).
+    """
+    device = next(model.parameters()).device
+    cached = [ep.cached_tokens for ep in episodes]
+    new = [ep.tokens[c:] for ep, c in zip(episodes, cached)]
+    n, width_c, width_n = len(episodes), max(cached), max(len(ids) for ids in new)
+    input_ids = torch.full((n, width_n), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width_n), dtype=torch.long)
+    attention = torch.zeros((n, width_c + width_n), dtype=torch.long)
+    for i, (c, ids) in enumerate(zip(cached, new)):
+        input_ids[i, width_n - len(ids) :] = torch.tensor(ids)
+        position_ids[i, width_n - len(ids) :] = torch.arange(c, c + len(ids))
+        attention[i, width_c - c : width_c] = 1
+        attention[i, width_c + width_n - len(ids) :] = 1
+    cache = DynamicCache(ddp_cache_data=_stack_kv(episodes, width_c)) if width_c else DynamicCache()
+    return input_ids.to(device), position_ids.to(device), attention.to(device), cache
+
+
+def _stack_kv(episodes: list[_Episode], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the episodes' cached keys/values right-aligned in (batch, heads, width, dim) zero tensors."""
+    reference = next(ep.kv for ep in episodes if ep.kv)
+    layers = []
+    for layer, (ref_keys, _) in enumerate(reference):
+        keys = ref_keys.new_zeros((len(episodes), ref_keys.shape[0], width, ref_keys.shape[-1]))
+        values = torch.zeros_like(keys)
+        for i, ep in enumerate(episodes):
+            if ep.cached_tokens:
+                keys[i, :, width - ep.cached_tokens :] = ep.kv[layer][0]
+                values[i, :, width - ep.cached_tokens :] = ep.kv[layer][1]
+        layers.append((keys, values))
+    return layers
+
+
+def _save_kv(ep: _Episode, cache, attention_row: torch.Tensor, row: int) -> None:
+    """Keep a finished row's keys/values (real tokens only) for the episode's next turn.
+
+    They cover every token fed so far; the token just sampled is not among them and is prefilled next turn.
+    """
+    real = attention_row.bool()
+    ep.kv = [(layer.keys[row][:, real], layer.values[row][:, real]) for layer in cache.layers]
+    ep.cached_tokens = int(real.sum())
 
 
 class TextPolicy:
@@ -209,12 +315,10 @@ def check_render(tokenizer, tokens: list[int], messages: list[dict], tools) -> b
 def _reset(env, seed: int, options: dict | None, tokenizer) -> _Episode:
     _, info = env.reset(seed=seed, options=options)
     messages, tools = list(info["messages"]), info.get("tools")
-    prompt = tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=True, add_generation_prompt=True, return_dict=True
-    )["input_ids"]
-    prompt = list(prompt)
-    spans = [(0, len(prompt), "prompt")]
-    return _Episode(env, seed, prompt, [0] * len(prompt), spans, messages, tools, info.get("task", {}))
+    rendered = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_dict=True)
+    prompt = list(rendered["input_ids"])
+    return _Episode(env, seed, prompt, [0] * len(prompt), [(0, len(prompt), "prompt")], messages, tools,
+                    info.get("task", {}))  # fmt: skip
 
 
 def _append(ep: _Episode, ids: list[int], is_policy: bool) -> None:
@@ -255,6 +359,7 @@ def _step(ep: _Episode, ids: list[int], eos_id: int, tokenizer, token_budget: in
     ep.messages = list(info["messages"])
     if terminated or truncated:
         ep.done, ep.truncated, ep.success = True, bool(truncated and not terminated), bool(info.get("success", False))
+        ep.kv = None  # free the cache
         return
     env_messages = list(info["env_messages"])
     history = ep.messages[: len(ep.messages) - len(env_messages)]
@@ -264,19 +369,13 @@ def _step(ep: _Episode, ids: list[int], eos_id: int, tokenizer, token_budget: in
     reply = ([] if has_eos else [eos_id]) + reply
     if len(ep.tokens) + len(reply) > token_budget:
         _truncate(ep)
+        ep.kv = None
         return
     _append(ep, reply, False)
 
 
-def run_episodes(
-    policy,
-    envs: list,
-    seeds: list[int],
-    tokenizer,
-    options: list[dict | None] | None = None,
-    max_total_tokens: int = 1024,
-    sanity_check: bool = True,
-) -> Trajectory:
+def run_episodes(policy, envs: list, seeds: list[int], tokenizer, options: list[dict | None] | None = None,
+                 max_total_tokens: int = 1024, sanity_check: bool = True) -> Trajectory:  # fmt: skip
     """Play one episode in each env (env i reset with seeds[i]) until all are done; return the batch.
 
     Every sequence stays within `max_total_tokens`: an episode whose next environment reply would leave no room for
@@ -297,9 +396,7 @@ def run_episodes(
         for ep, ids in zip(active, policy.act(active)):
             generated += len(ids)
             _step(ep, ids, eos_id, tokenizer, token_budget)
-    mismatch = [
-        check_render(tokenizer, ep.tokens, ep.messages, ep.tools) if sanity_check else False for ep in episodes
-    ]
+    mismatch = [sanity_check and check_render(tokenizer, ep.tokens, ep.messages, ep.tools) for ep in episodes]
     return _collate(episodes, tokenizer.pad_token_id, mismatch, generated, time.time() - t0)
 
 
@@ -318,28 +415,17 @@ def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], genera
     def per_episode(attr):
         return torch.tensor([float(getattr(ep, attr)) for ep in episodes])
 
+    counts = {"env_reward": "reward", "success": "success", "turns": "turns", "tool_calls": "tool_calls",
+              "invalid_tool_calls": "invalid", "truncated": "truncated", "missing_eos": "missing_eos",
+              "tool_call_turns": "tool_call_turns"}  # fmt: skip
     return Trajectory(
-        input_ids=input_ids,
-        attention_mask=attention,
-        policy_mask=policy_mask,
-        env_reward=per_episode("reward"),
-        success=per_episode("success"),
-        turns=per_episode("turns"),
-        tool_calls=per_episode("tool_calls"),
-        invalid_tool_calls=per_episode("invalid"),
-        truncated=per_episode("truncated"),
-        missing_eos=per_episode("missing_eos"),
-        reward_components=[ep.components for ep in episodes],
-        spans=[ep.spans for ep in episodes],
-        messages=[ep.messages for ep in episodes],
-        tasks=[ep.task for ep in episodes],
-        render_mismatch=mismatch,
-        generated_tokens=generated,
-        seconds=seconds,
-        tool_call_turns=per_episode("tool_call_turns"),
-        tools=[ep.tools for ep in episodes],
+        input_ids=input_ids, attention_mask=attention, policy_mask=policy_mask,
+        **{name: per_episode(attr) for name, attr in counts.items()},
+        reward_components=[ep.components for ep in episodes], spans=[ep.spans for ep in episodes],
+        messages=[ep.messages for ep in episodes], tasks=[ep.task for ep in episodes], render_mismatch=mismatch,
+        generated_tokens=generated, seconds=seconds, tools=[ep.tools for ep in episodes],
         seeds=[ep.seed for ep in episodes],
-    )
+    )  # fmt: skip
 
 
 def make_envs(env_id: str, n: int, split: str = "train", **env_kwargs) -> list:

@@ -1,0 +1,213 @@
+"""`rlagent eval`: held-out success on the TEST split, with 95 % Wilson intervals; --compare adds significance.
+
+    rlagent eval --policy runs/quickstart/ppo/final --env rlagent/Calculator-v0 --episodes 200 --seed 0 --out eval.json
+    rlagent eval --compare runs/quickstart/sft/final runs/quickstart/ppo/final --env rlagent/Calculator-v0 \\
+        --env rlagent/KBSearch-v0 --episodes 200
+    rlagent eval --policy scripted --env rlagent/KBSearch-v0 --episodes 100     # the scripted expert, for reference
+
+Episode i is reset with seed S+i on the test split, so every policy sees the same tasks. Decoding is greedy unless
+--sample is given (then plain temperature sampling, seeded with S). Episodes run in engine batches (--batch-size).
+
+Output JSON (also printed as a table):
+- one policy, one env: the result object itself;
+- several --env: {"envs": [result, ...]};
+- --compare: per env {"env", "seed", "episodes", "test", "results": [result per policy]}, where every result after
+  the first has "baseline" (the first policy), "difference" (its success rate minus the baseline's) and "p_value"
+  (two-sided Fisher exact test on the 2x2 table successes/failures x policy, scipy.stats.fisher_exact); with
+  several --env, {"envs": [that, ...]}.
+
+A result has success_rate, success_ci95 ([lo, hi], Wilson score interval, z = 1.96), mean_reward, mean_turns,
+tool_calls_per_episode, invalid_tool_call_rate, episodes, successes, env, policy, seed, and diagnostic rates.
+invalid_tool_call_rate = invalid tool-call turns / turns that attempted a tool call: a turn counts as invalid when
+the environment rejected its call (malformed JSON or tags, unknown tool, too many calls, arguments that do not fit
+the schema); it is 0 when no turn attempted a call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from rlagent.rollout import ModelPolicy
+from rlagent.rollout_cli import add_policy_arguments, console, episode_records, load_policy, play, summarize
+
+FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n; (0, 1) when n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at k = 0 or k = n.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def compare(results_a: dict, results_b: dict) -> dict:
+    """Difference in success rate (b - a) and the two-sided Fisher exact p-value on the 2x2 table."""
+    from scipy.stats import fisher_exact
+
+    k_a, n_a = results_a["successes"], results_a["episodes"]
+    k_b, n_b = results_b["successes"], results_b["episodes"]
+    p_value = float(fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided").pvalue)
+    return {
+        "difference": results_b["success_rate"] - results_a["success_rate"],
+        "p_value": p_value,
+        "test": FISHER_TEST,
+    }
+
+
+def evaluate_policy(
+    model,
+    tokenizer,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    batch_size: int = 64,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    max_new_tokens: int = 96,
+    max_total_tokens: int = 1024,
+) -> dict:
+    """Success statistics of `model` on `episodes` test-split episodes (episode i reset with seed + i).
+
+    `model` is an HF causal LM (wrapped in a ModelPolicy) or anything with `act(episodes)` (e.g. a TextPolicy).
+    """
+    policy = model if hasattr(model, "act") else ModelPolicy(model, tokenizer, max_new_tokens, temperature, greedy)
+    t0 = time.time()
+    batches = play(policy, tokenizer, env_id, episodes, seed, "test", batch_size, max_total_tokens)
+    records = [record for traj in batches for record in episode_records(traj, env_id)]
+    return result_from(records, sum(traj.generated_tokens for traj in batches), time.time() - t0, env_id, seed)
+
+
+def result_from(records: list[dict], generated_tokens: int, seconds: float, env_id: str, seed: int) -> dict:
+    stats = summarize(records, generated_tokens, seconds)
+    successes = sum(record["success"] for record in records)
+    lo, hi = wilson_interval(successes, len(records))
+    return {
+        "env": env_id,
+        "policy": None,
+        "seed": seed,
+        "split": "test",
+        "successes": successes,
+        "success_ci95": [lo, hi],
+        **stats,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rlagent eval", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policy", help="Model folder, 'tiny', 'scripted' or 'random'.")
+    which.add_argument("--compare", nargs="+", metavar="POLICY", help="Two or more policies on the same episodes.")
+    parser.add_argument("--env", action="append", required=True, help="Environment id; repeat for several.")
+    parser.add_argument("--episodes", type=int, default=200, help="Test-split episodes per environment.")
+    parser.add_argument("--seed", type=int, default=0, help="Episode i is reset with seed SEED+i.")
+    parser.add_argument("--sample", action="store_true", help="Temperature sampling instead of greedy decoding.")
+    parser.add_argument("--out", metavar="FILE.json", help="Write the results as JSON.")
+    add_policy_arguments(parser, greedy_default=True)
+    args = parser.parse_args(argv)
+    if args.compare is not None and len(args.compare) < 2:
+        parser.error("--compare needs at least two policies")
+    return args
+
+
+def evaluate_spec(spec: str, env_ids: list[str], args: argparse.Namespace) -> list[dict]:
+    """Load a policy from its command-line spec once, then evaluate it on every environment."""
+    policy, tokenizer = load_policy(spec, args, greedy=not args.sample)
+    results = []
+    for env_id in env_ids:
+        torch.manual_seed(args.seed)  # --sample: every policy and env starts from the same seeded stream
+        result = evaluate_policy(
+            policy,
+            tokenizer,
+            env_id,
+            args.episodes,
+            args.seed,
+            args.batch_size,
+            max_total_tokens=args.max_total_tokens,
+        )
+        results.append({**result, "policy": spec, "greedy": not args.sample})
+    return results
+
+
+def compare_blocks(args: argparse.Namespace) -> list[dict]:
+    """Per env: every policy's result; each after the first gets its difference from the first and a p-value."""
+    per_policy = [evaluate_spec(spec, args.env, args) for spec in args.compare]
+    blocks = []
+    for i, env_id in enumerate(args.env):
+        results = [policy_results[i] for policy_results in per_policy]
+        for result in results[1:]:
+            result.update(baseline=args.compare[0], **compare(results[0], result))
+        blocks.append(
+            {"env": env_id, "seed": args.seed, "episodes": args.episodes, "test": FISHER_TEST, "results": results}
+        )
+    return blocks
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="rlagent eval (test split)")
+    for column in (
+        "env",
+        "policy",
+        "success",
+        "95% CI",
+        "reward",
+        "turns",
+        "tool calls/ep",
+        "invalid-call rate",
+        "diff vs first",
+        "p",
+    ):
+        table.add_column(column)
+    for r in rows:
+        lo, hi = r["success_ci95"]
+        diff, p = (f"{r['difference']:+.1%}", f"{r['p_value']:.3g}") if "p_value" in r else ("", "")
+        table.add_row(
+            r["env"],
+            str(r["policy"]),
+            f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
+            f"[{lo:.1%}, {hi:.1%}]",
+            f"{r['mean_reward']:+.3f}",
+            f"{r['mean_turns']:.2f}",
+            f"{r['tool_calls_per_episode']:.2f}",
+            f"{r['invalid_tool_call_rate']:.1%}",
+            diff,
+            p,
+        )
+    console().print(table)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    if args.compare:
+        blocks = compare_blocks(args)
+        rows = [result for block in blocks for result in block["results"]]
+    else:
+        blocks = rows = evaluate_spec(args.policy, args.env, args)
+    output = blocks[0] if len(blocks) == 1 else {"envs": blocks}
+    print_table(rows)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(output, handle, indent=2)
+        print(f"wrote {args.out}")
+    return output
+
+
+if __name__ == "__main__":
+    main()
