@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from trl.models.utils import unwrap_model_for_generation
 
 from rlagent import ppo_core as core
 from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_args, run_main, save_config
@@ -387,14 +388,18 @@ def main(argv: list[str] | None = None) -> dict:
         # 1. Rollout: every episode of this rank in one batched engine call (GRPO groups share a task seed).
         policy.eval()
         seeds = episode_seeds(cfg.seed, iteration, rank, per_rank, group)
-        traj = run_episodes(
-            sampler,
-            envs,
-            seeds,
-            tokenizer,
-            curriculum.options(env_names),
-            max_total_tokens=cfg.rollout.max_total_tokens,
-        )
+        # ZeRO-3 shards the parameters: gather them for generation (TRL's unwrapped-model pattern); otherwise this
+        # just unwraps DDP.
+        with unwrap_model_for_generation(policy, accelerator) as unwrapped:
+            sampler.model = unwrapped
+            traj = run_episodes(
+                sampler,
+                envs,
+                seeds,
+                tokenizer,
+                curriculum.options(env_names),
+                max_total_tokens=cfg.rollout.max_total_tokens,
+            )
         t_rollout = time.time() - t0
 
         # 2. Score: environment reward + RM; missing EOS; non-finite scores dropped.

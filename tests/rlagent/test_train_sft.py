@@ -111,3 +111,12 @@ def test_bad_config_key_from_cli(tmp_path):
     proc = run_cli("rlagent", "sft", "--config", str(cfg), check=False)
     assert proc.returncode != 0
     assert f"{cfg}:2: unknown key 'max_step'; did you mean 'max_steps'?" in proc.stderr
+
+
+def test_wandb_offline_and_tensorboard(tmp_path, demo_jsonl):
+    """report_to=[jsonl,wandb,tensorboard] works with no network (WANDB_MODE=offline) and writes all three."""
+    sft(tmp_path, demo_jsonl, "max_steps=3", "save_every=0", "report_to=[jsonl,wandb,tensorboard]", *SMALL_MODEL)
+    assert len(read_metrics(tmp_path)) == 3
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
