@@ -158,7 +158,13 @@ def load_checkpoint(path: str, models: dict, rank: int) -> dict:
         weights = {}
         for file in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
             weights.update(load_file(file))
-        if hasattr(model, "load_adapter_weights"):
+        if hasattr(model, "peft_config"):  # PEFT saved only the adapters (and modules_to_save, e.g. a score head)
+            from peft import set_peft_model_state_dict
+
+            unexpected = set_peft_model_state_dict(model, weights).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"{folder}: adapter checkpoint does not match the model ({unexpected[:3]})")
+        elif hasattr(model, "load_adapter_weights"):
             model.load_adapter_weights(weights)
         else:
             missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -1,0 +1,292 @@
+"""Run every benchmark in bench/ as a subprocess and collect the numbers it printed (`make bench`).
+
+    .venv/bin/python bench/run_all.py                      # all benchmarks, default sizes; prints, writes nothing
+    .venv/bin/python bench/run_all.py --write              # ... and records the results in bench/RESULTS.md
+    .venv/bin/python bench/run_all.py --quick              # ~1-minute smoke run of each
+    .venv/bin/python bench/run_all.py --only ppo_vs_trl_ppo --write --wait-idle 600
+
+With --write, each benchmark's result lines are appended to bench/results.jsonl with the date, machine (nproc,
+platform, CPU), package versions, load averages before and after, and the exact command; bench/RESULTS.md's
+generated section is then re-rendered from that file (the latest runs of each benchmark). Text outside the
+generated section (the notes on what limits each number) is kept. Benchmarks print measured numbers only; nothing
+here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from report import load_1min, machine, parse_results, uptime, versions
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+RESULTS_JSONL = os.path.join(BENCH_DIR, "results.jsonl")
+RESULTS_MD = os.path.join(BENCH_DIR, "RESULTS.md")
+BEGIN, END = "<!-- run_all: generated, do not edit by hand -->", "<!-- run_all: end -->"
+
+# name -> extra arguments for a --quick run (rollout_throughput.py, written separately, has no --quick flag).
+BENCHMARKS = {
+    "rollout_throughput": ["--episodes", "8", "--sft-steps", "20", "--repeats", "1"],
+    "ppo_vs_trl_ppo": ["--quick"],
+    "multiturn_vs_trl_grpo": ["--quick"],
+    "memory_lora_vs_full": ["--quick"],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes (about a minute each)")
+    parser.add_argument("--write", action="store_true", help="record results in results.jsonl and RESULTS.md")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all present)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each benchmark, wait up to this long for the 1-min load to drop below nproc/2",
+    )
+    parser.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.jsonl")
+    return parser.parse_args(argv)
+
+
+def wait_for_idle(limit_s: float) -> None:
+    """Poll the load average until it drops below half the CPUs or `limit_s` passes (the machine is shared)."""
+    threshold, t0 = (os.cpu_count() or 1) / 2, time.time()
+    while load_1min() >= threshold and time.time() - t0 < limit_s:
+        time.sleep(15)
+    print(f"-- load {load_1min():.2f} (threshold {threshold:.1f}) after waiting {time.time() - t0:.0f} s", flush=True)
+
+
+def run_benchmark(name: str, quick: bool) -> dict:
+    """Run bench/NAME.py, streaming its output; returns its result lines plus context for the record."""
+    cmd = [sys.executable, os.path.join("bench", f"{name}.py"), *(BENCHMARKS[name] if quick else [])]
+    record = {
+        "name": name,
+        "command": " ".join(shlex.quote(c) for c in cmd),
+        "quick": quick,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "uptime_before": uptime(),
+    }
+    print(f"\n-- {record['command']}\n-- {record['uptime_before']}", flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line.rstrip("\n"))
+    record.update(returncode=proc.wait(), seconds=round(time.time() - t0, 1), uptime_after=uptime())
+    record["results"] = parse_results("\n".join(lines))
+    if not record["results"]:
+        # A benchmark without result lines (rollout_throughput.py prints plain text): keep its last lines verbatim.
+        record["output_tail"] = [line for line in lines if line.strip() and "Writing model shards" not in line][-6:]
+    return record
+
+
+def append_records(records: list[dict]) -> None:
+    context = {"machine": machine(), "versions": versions()}
+    with open(RESULTS_JSONL, "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps({**record, **context}) + "\n")
+
+
+def read_records() -> list[dict]:
+    if not os.path.isfile(RESULTS_JSONL):
+        return []
+    with open(RESULTS_JSONL, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rendering: one section per benchmark, its full-size runs (newest last), quick runs only if there is nothing else
+
+
+def num(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render_ppo(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"| failed: {result['error']} |"]
+    rows = [
+        "| side | s / iteration (median) | CPU s / iteration | generation s / iteration | response tokens / "
+        "iteration | response tokens / s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, label in (("ours", "rlagent"), ("trl", f"TRL {result['trl_version']} PPOTrainer")):
+        s = result[side]
+        rows.append(
+            f"| {label} | {num(s['s_per_iter'])} | {num(s['cpu_s_per_iter'])} | "
+            f"{num(s['generation_s_per_iter'])} | {s['response_tokens_per_iter']:.0f} | {num(s['tokens_per_s'], 1)} |"
+        )
+    rows += [
+        "",
+        f"**Speed-up (TRL s/iteration ÷ ours): {num(result['speedup'])}x wall** (median of per-round ratios "
+        f"{num(result['speedup_paired_median'])}x; CPU time {num(result['speedup_cpu'])}x). Setup: batch "
+        f"{result['batch']}, {result['response_length']} response tokens, {result['epochs']} PPO epochs, "
+        f"micro-batch {result['micro_batch']}, {result['iterations']} measured iterations per side, tiny "
+        f"model {result.get('tiny', result.get('hidden'))}.",
+    ]
+    return rows
+
+
+def render_multiturn(result: dict) -> list[str]:
+    if "error" in result:
+        return [f"| failed: {result['error']} |"]
+    rows = [
+        f"| side | iterations | training s | episodes / s | first-iteration success | best success "
+        f"(mean of {result['window']} iterations) | time to {result['target']:.0%} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"ppo": "rlagent PPO (GAE)", "grpo": "rlagent GRPO", "trl_grpo": "TRL GRPOTrainer(environment_factory)"}
+    for side, s in result["sides"].items():
+        reached = f"{s['time_to_target_s']:.0f} s" if s["time_to_target_s"] is not None else "not reached"
+        rows.append(
+            f"| {names.get(side, side)} | {s['iterations']} | {s['seconds']:.0f} | {num(s['episodes_per_s'])} | "
+            f"{num(s['first_success'])} | {num(s['best_rolling_success'])} | {reached} |"
+        )
+    for side, r in result.get("ratios", {}).items():
+        bound = "≤ " if r["is_upper_bound"] else ""
+        rows.append(
+            f"\n{names[side]} time to {result['target']:.0%} ÷ TRL's: **{bound}{r['ratio']:.2f}**"
+            + (
+                " (TRL did not reach the target; its budget is used, so this is an upper bound)"
+                if r["is_upper_bound"]
+                else ""
+            )
+        )
+    rows.append(
+        f"\nBudget {result['budget_s']:.0f} s of training per side, {result['episodes_per_iteration']} episodes "
+        f"per iteration (GRPO groups of {result['group']}), lr {result['lr']}. Success vs training seconds:"
+    )
+    for side, s in result["sides"].items():
+        curve = ", ".join(f"{t:.0f}s:{v:.2f}" for t, v in s["curve"])
+        rows.append(f"- {side}: {curve}")
+    return rows
+
+
+def render_memory(result: dict) -> list[str]:
+    rows = [
+        "| variant | trainable / total parameters | peak RSS (MiB) | added by training (MiB) | tokens / s |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in ("baseline", "full", "lora"):
+        r = result[variant]
+        added = num(r.get("training_mib"), 0) if variant != "baseline" else "—"
+        rows.append(
+            f"| {variant} | {r['trainable']:,} / {r['total']:,} | {r['peak_rss_mib']:.0f} | {added} | "
+            f"{num(r.get('tokens_per_s'), 0)} |"
+        )
+    rows.append(
+        f"\nFull fine-tuning adds **{num(result['training_ratio'], 1)}x** the memory LoRA (r={result['lora_r']}) "
+        f"adds. Tiny Llama hidden {result['hidden']}, {result['layers']} layers, {result['steps']} SFT steps of "
+        f"{result['batch']} conversations."
+    )
+    if "grad_and_adam_mib" in result["full"]:
+        rows.append(
+            f"For reference (computed, not measured): fp32 gradients + AdamW moments of the trainable parameters "
+            f"take {result['full']['grad_and_adam_mib']:.0f} MiB (full) and "
+            f"{result['lora']['grad_and_adam_mib']:.0f} MiB (LoRA)."
+        )
+    return rows
+
+
+RENDERERS = {
+    "ppo_vs_trl_ppo": render_ppo,
+    "multiturn_vs_trl_grpo": render_multiturn,
+    "memory_lora_vs_full": render_memory,
+}
+TITLES = {
+    "rollout_throughput": "Rollout throughput",
+    "ppo_vs_trl_ppo": "Single-turn PPO: rlagent vs TRL 1.12 PPOTrainer",
+    "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
+    "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
+}
+
+
+def render_record(record: dict) -> list[str]:
+    m, v = record["machine"], record["versions"]
+    lines = [
+        f"#### {record['started']} — `{record['command']}` (exit {record['returncode']}, {record['seconds']:.0f} s)",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['platform']}, Python {m['python']}"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + ". Versions: "
+        + ", ".join(f"{k} {val}" for k, val in v.items())
+        + ".",
+        f"Load before: `{record['uptime_before']}`; after: `{record['uptime_after']}`.",
+        "",
+    ]
+    renderer = RENDERERS.get(record["name"])
+    if renderer and record["results"]:
+        for result in record["results"]:
+            lines += renderer(result)
+    elif record.get("output_tail"):
+        lines += ["```", *record["output_tail"], "```"]
+    else:
+        lines.append("(no results printed)")
+    return lines + [""]
+
+
+def render(records: list[dict], keep: int = 3) -> str:
+    out = [BEGIN, "", "## Measured results (rendered by `bench/run_all.py --write` from `bench/results.jsonl`)", ""]
+    for name in BENCHMARKS:
+        mine = [r for r in records if r["name"] == name]
+        full = [r for r in mine if not r["quick"]]
+        shown = (full or mine)[-keep:]
+        if not shown:
+            continue
+        out += [f"### {TITLES[name]}", ""]
+        for record in shown:
+            out += render_record(record)
+    return "\n".join(out + [END]) + "\n"
+
+
+def write_markdown(records: list[dict]) -> None:
+    text = open(RESULTS_MD, encoding="utf-8").read() if os.path.isfile(RESULTS_MD) else "# Benchmark results\n\n"
+    block = render(records)
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    with open(RESULTS_MD, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"-- wrote {RESULTS_MD}", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.render:
+        write_markdown(read_records())
+        return
+    present = [name for name in BENCHMARKS if os.path.isfile(os.path.join(BENCH_DIR, f"{name}.py"))]
+    names = [n for n in args.only.split(",") if n] or present
+    unknown = set(names) - set(present)
+    if unknown:
+        raise SystemExit(f"run_all: unknown or missing benchmark(s): {sorted(unknown)}; present: {present}")
+    records = []
+    for name in names:
+        if args.wait_idle:
+            wait_for_idle(args.wait_idle)
+        records.append(run_benchmark(name, args.quick))
+    print("\n-- summary")
+    for record in records:
+        status = "ok" if record["returncode"] == 0 else f"FAILED (exit {record['returncode']})"
+        print(
+            f"   {record['name']:<24} {status:<16} {record['seconds']:7.0f} s  {len(record['results'])} result line(s)"
+        )
+    if args.write:
+        append_records(records)
+        write_markdown(read_records())
+    if any(record["returncode"] != 0 for record in records):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Stage 2 — reward model: a scalar head on a causal backbone, trained on preference pairs with a Bradley–Terry loss.
+
+One process:        rlagent reward --config configs/quickstart/reward.yaml [--pairs-out pairs.jsonl]
+                    (same as: python rlagent/train_reward.py ...)
+Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_reward.py --config ... (CPU: gloo)
+
+Pairs come from a TRL-style JSONL file (data.path) or from the environments' scripted experts (data.source: expert),
+enlarged with rule-built negatives (reward_models/pairs.py). optim.batch_size counts PAIRS per optimizer step; the
+loss is a mean over the global batch of pairs, so it does not depend on accumulation steps or process count.
+After training, the mean and std of scores on a reference sample become a gain and bias stored in
+final/reward_normalization.json, so `reward_models.load(OUTPUT_DIR + "/final").score(...)` has mean 0 and std 1.
+
+Metrics: train/loss, train/accuracy (chosen scored above rejected), train/margin (mean r_c − r_r), eval/loss,
+eval/accuracy and eval/margin on held-out pairs (the file's or the experts' pairs, never rule-built ones).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from reward_models.losses import bradley_terry_loss
+from reward_models.modeling import load_reward_backbone
+from reward_models.pairs import pair_conversations, read_pairs, rule_negative_pairs
+from reward_models.scoring import NORMALIZATION_FILE, fit_normalization, forward_scores, raw_scores, render_for_reward
+from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_args, run_main, save_config
+from rlagent.data import DataError, write_jsonl
+from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_tokenizer
+from rlagent.tracking import Progress, Tracker
+from rlagent.training import (
+    batch_indices,
+    build_optimizer,
+    check_batch_shape,
+    load_checkpoint,
+    make_accelerator,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+    set_seed,
+)
+
+
+@dataclass
+class RewardDataConfig:
+    """Where preference pairs come from."""
+
+    source: Literal["file", "expert"] = doc("'file' reads data.path; 'expert' asks the scripted experts.", "expert")
+    path: str | None = doc("JSONL of TRL-style pairs: prompt + chosen/rejected, or whole conversations.", None)
+    env_ids: list[str] = doc(
+        "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
+    )
+    pairs: int = doc("Expert pairs per environment (source: expert).", 400)
+    noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5)
+    rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
+    rule_negatives_per_pair: int = doc(
+        "At most this many rule-built negatives per pair (0 = every rule that applies).", 1
+    )
+    eval_fraction: float = doc("Fraction of pairs held out for eval accuracy and margin.", 0.1)
+
+
+@dataclass
+class NormalizeConfig:
+    """Score normalisation stored with the final model."""
+
+    reference_samples: int = doc("Conversations (chosen and rejected, held-out first) to measure mean/std on.", 512)
+    clip: float | None = doc("Clip normalised scores to [-clip, clip]; null = no clipping.", None)
+
+
+@dataclass
+class RewardConfig:
+    """Reward model from preference pairs (Bradley–Terry). optim.batch_size and micro_batch_size count pairs."""
+
+    output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/reward")
+    seed: int = doc("Seed for head init, data order and expert pairs.", 0)
+    max_steps: int = doc("Optimizer steps.", 200)
+    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
+    resume_from: str | None = doc(
+        "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
+    )
+    model: ModelConfig = doc(
+        "Backbone: 'tiny', a causal-LM folder (fresh head) or a reward-model folder.", factory=ModelConfig
+    )
+    optim: OptimConfig = doc("Optimiser and batch shape (in pairs).", factory=OptimConfig)
+    data: RewardDataConfig = doc("Preference pairs.", factory=RewardDataConfig)
+    margin: float = doc("Bradley–Terry margin: chosen must win by this much (0 = off; a pair's 'margin' wins).", 0.0)
+    center_rewards_coef: float = doc(
+        "Weight of mean (r_c + r_r)² keeping scores centred (TRL uses 0.01; 0 = off).", 0.01
+    )
+    max_length: int = doc("Longest conversation in tokens; longer ones keep their last max_length tokens.", 768)
+    log_every: int = doc("Log train metrics every N steps.", 5)
+    eval_every: int = doc("Compute eval accuracy/margin every N steps (0 = only at the end).", 50)
+    early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
+    save_every: int = doc("Checkpoint every N steps (0 = never).", 100)
+    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
+    progress: bool = doc("Show a rich progress bar.", True)
+    wandb_project: str = doc("W&B project name.", "rlagent")
+    normalize: NormalizeConfig = doc("Score normalisation.", factory=NormalizeConfig)
+    pairs_out: str | None = doc("Write the pairs used (train + eval, rule-built included) to this JSONL.", None)
+
+
+@dataclass
+class TokenizedPair:
+    chosen: list[int]
+    rejected: list[int]
+    margin: float
+
+
+def load_pairs(cfg: RewardConfig) -> list[dict]:
+    """Pairs from a JSONL file or from the scripted experts of `envs`."""
+    if cfg.data.source == "file":
+        if not cfg.data.path:
+            raise DataError("data.path must be set when data.source is 'file'")
+        if not os.path.isfile(cfg.data.path):
+            raise DataError(f"data.path: file not found: {cfg.data.path}")
+        return read_pairs(cfg.data.path)
+    from envs.experts import generate_preference_pairs
+
+    rows = []
+    for i, env_id in enumerate(cfg.data.env_ids):
+        pairs = generate_preference_pairs(env_id, cfg.data.pairs, noise=cfg.data.noise, seed=cfg.seed * 1000 + i)
+        rows += [{"prompt": [], "tools": None, **p, "kind": f"expert:{env_id}"} for p in pairs]
+    return rows
+
+
+def tokenize_pairs(pairs: list[dict], tokenizer, cfg: RewardConfig, stats: dict, prefix: str) -> list[TokenizedPair]:
+    """Render both sides; longer than max_length = keep the END (where the score is read) and count it; pairs
+    identical once rendered are dropped and counted."""
+    out = []
+    for pair in pairs:
+        chosen, rejected = pair_conversations(pair)
+        ids = [render_for_reward(tokenizer, conv, pair.get("tools")) for conv in (chosen, rejected)]
+        stats[f"data/{prefix}_truncated"] += max(len(i) for i in ids) > cfg.max_length
+        ids = [i[-cfg.max_length :] for i in ids]
+        if ids[0] == ids[1]:
+            stats[f"data/{prefix}_identical_render"] += 1
+        else:
+            out.append(TokenizedPair(ids[0], ids[1], pair.get("margin", cfg.margin)))
+    return out
+
+
+def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[list, list, list, dict]:
+    """Split pairs (eval first, deterministic), add rule negatives to train only, tokenise, export if asked."""
+    pairs = load_pairs(cfg)
+    order = list(range(len(pairs)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = max(1, int(len(pairs) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
+    eval_pairs = [pairs[i] for i in order[:n_eval]]
+    train_pairs = [pairs[i] for i in order[n_eval:]]
+    rule_pairs = (
+        rule_negative_pairs(train_pairs, cfg.seed, cfg.data.rule_negatives_per_pair or None)
+        if cfg.data.rule_negatives
+        else []
+    )
+    if cfg.pairs_out:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.pairs_out)), exist_ok=True)
+        rows = [{**p, "split": "eval"} for p in eval_pairs] + [
+            {**p, "split": "train"} for p in train_pairs + rule_pairs
+        ]
+        write_jsonl(cfg.pairs_out, [{k: v for k, v in row.items() if v not in (None, [])} for row in rows])
+    stats = {f"data/{p}_{what}": 0 for p in ("train", "eval") for what in ("truncated", "identical_render")}
+    train_set = tokenize_pairs(train_pairs + rule_pairs, tokenizer, cfg, stats, "train")
+    eval_set = tokenize_pairs(eval_pairs, tokenizer, cfg, stats, "eval")
+    if len(train_set) < cfg.optim.batch_size:
+        raise DataError(
+            f"only {len(train_set)} usable training pairs, fewer than optim.batch_size={cfg.optim.batch_size}"
+        )
+    stats.update(
+        {
+            "data/pairs": len(pairs),
+            "data/rule_pairs": len(rule_pairs),
+            "data/train": len(train_set),
+            "data/eval": len(eval_set),
+            "data/mean_tokens": sum(len(p.chosen) + len(p.rejected) for p in train_set) / (2 * len(train_set)),
+        }
+    )
+    # Normalisation reference: both sides of held-out pairs first, then training pairs.
+    reference = [ids for p in eval_set + train_set for ids in (p.chosen, p.rejected)][
+        : cfg.normalize.reference_samples
+    ]
+    return train_set, eval_set, reference, stats
+
+
+def pair_loss(model, pairs: list[TokenizedPair], pad_id: int, device, center_coef: float):
+    """Bradley–Terry loss (mean over `pairs`) from ONE forward over chosen and rejected sequences together."""
+    scores = forward_scores(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
+    margin = torch.tensor([p.margin for p in pairs], device=device) if any(p.margin for p in pairs) else None
+    return bradley_terry_loss(chosen, rejected, margin, center_coef)
+
+
+@torch.no_grad()
+def evaluate(model, pairs: list[TokenizedPair], pad_id: int, micro: int, device, center_coef: float) -> dict:
+    """Held-out loss, pairwise accuracy and mean margin r_c − r_r."""
+    model.eval()
+    chosen = raw_scores(model, [p.chosen for p in pairs], pad_id, 2 * micro, device)
+    rejected = raw_scores(model, [p.rejected for p in pairs], pad_id, 2 * micro, device)
+    margin = torch.tensor([p.margin for p in pairs]) if any(p.margin for p in pairs) else None
+    loss, stats = bradley_terry_loss(chosen, rejected, margin, center_coef)
+    model.train()
+    return {"eval/loss": float(loss), "eval/accuracy": float(stats["accuracy"]), "eval/margin": float(stats["margin"])}
+
+
+def train_step(
+    model, optimizer, scheduler, accelerator, micro_batches: list, global_pairs: int, pad_id: int, cfg: RewardConfig
+) -> dict:
+    """One optimizer step; each micro-batch's mean is weighted by its share of the GLOBAL batch of pairs."""
+    sums = torch.zeros(3, device=accelerator.device)  # loss, correct pairs, margin — summed over pairs
+    for i, pairs in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1
+        with accelerator.no_sync(model) if not sync else torch.enable_grad():
+            loss, stats = pair_loss(model, pairs, pad_id, accelerator.device, cfg.center_rewards_coef)
+            # DDP averages gradients over processes, so multiply back by the process count.
+            accelerator.backward(loss * len(pairs) * accelerator.num_processes / global_pairs)
+        sums += torch.stack([loss.detach(), stats["accuracy"], stats["margin"]]) * len(pairs)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    loss, correct, margin = (accelerator.reduce(sums, reduction="sum") / global_pairs).tolist()
+    return {
+        "train/loss": loss,
+        "train/accuracy": correct,
+        "train/margin": margin,
+        "train/grad_norm": float(grad_norm),
+        "train/skipped_step": int(not torch.isfinite(grad_norm)),
+    }
+
+
+def pop_pairs_out(argv: list[str]) -> tuple[list[str], str | None]:
+    """Strip `--pairs-out FILE` (the issue's flag) from argv; it becomes the `pairs_out` override."""
+    argv = list(argv)
+    if "--pairs-out" not in argv:
+        return argv, None
+    i = argv.index("--pairs-out")
+    if i + 1 >= len(argv):
+        raise SystemExit("rlagent reward: error: --pairs-out needs a file path")
+    path = argv[i + 1]
+    del argv[i : i + 2]
+    return argv, path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv, pairs_out = pop_pairs_out(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
+    accelerator = make_accelerator()
+    set_seed(cfg.seed, accelerator.process_index)
+    accumulation = check_batch_shape(cfg.optim, accelerator.num_processes)
+    t_start = time.time()
+
+    # 1. Data: pairs -> rule negatives -> token ids of both sides; a reference sample for normalisation.
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    pad_id = tokenizer.pad_token_id
+    if not accelerator.is_main_process:
+        cfg.pairs_out = None  # one writer
+    train_set, eval_set, reference, data_stats = prepare_data(cfg, tokenizer)
+
+    # 2. Model (scalar head N(0, 1/√(d+1)), dropout off), optimiser, schedule.
+    model = apply_lora(load_reward_backbone(cfg.model, tokenizer, cfg.seed), cfg.model, task_type="SEQ_CLS")
+    disable_dropout(model)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    trainable, total = count_parameters(model)
+
+    # 3. Resume: weights, optimiser, schedule, RNG and step from the latest complete checkpoint.
+    start_step, best_eval, bad_evals = 0, math.inf, 0
+    resume = resolve_resume(cfg.resume_from, cfg.output_dir)
+    if resume:
+        state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, best_eval, bad_evals = state["step"], state["best_eval"], state["bad_evals"]
+
+    tracker = Tracker(
+        cfg.output_dir,
+        cfg.report_to,
+        config_to_dict(cfg),
+        cfg.wandb_project,
+        enabled=accelerator.is_main_process,
+        resume_step=start_step,
+    )
+    if accelerator.is_main_process:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        truncated = data_stats["data/train_truncated"] + data_stats["data/eval_truncated"]
+        dropped = data_stats["data/train_identical_render"] + data_stats["data/eval_identical_render"]
+        print(
+            f"rlagent reward: {trainable:,}/{total:,} trainable parameters, {data_stats['data/train']} train pairs "
+            f"({data_stats['data/rule_pairs']} rule-built) and {data_stats['data/eval']} eval pairs, {truncated} "
+            f"truncated to {cfg.max_length} tokens, {dropped} dropped (identical once rendered), "
+            f"{accelerator.num_processes} process(es), resume={resume}"
+        )
+    progress = Progress(
+        cfg.max_steps, "reward", enabled=cfg.progress and accelerator.is_main_process, start=start_step
+    )
+
+    # 4. Main loop: each global batch of pairs is split into this rank's micro-batches.
+    history, metrics, stopped_early, t0 = [], {}, False, time.time()
+    per_rank = cfg.optim.batch_size // accelerator.num_processes
+    for step in range(start_step, cfg.max_steps):
+        indices = batch_indices(len(train_set), cfg.optim.batch_size, step, cfg.seed)
+        mine = indices[accelerator.process_index * per_rank : (accelerator.process_index + 1) * per_rank]
+        # Micro-batches of similar length waste little on padding (about 2x faster at micro_batch_size 4).
+        mine = sorted(mine, key=lambda i: max(len(train_set[i].chosen), len(train_set[i].rejected)))
+        micro = [
+            [train_set[i] for i in mine[j : j + cfg.optim.micro_batch_size]]
+            for j in range(0, per_rank, cfg.optim.micro_batch_size)
+        ]
+        assert len(micro) == accumulation
+        metrics = train_step(model, optimizer, scheduler, accelerator, micro, cfg.optim.batch_size, pad_id, cfg)
+        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        metrics["train/pairs_per_s"] = cfg.optim.batch_size / max(time.time() - t0, 1e-9)
+        t0 = time.time()
+        history.append(metrics["train/loss"])
+        done = step + 1
+
+        # 5. Held-out accuracy and margin; early stopping on eval loss.
+        if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+            metrics.update(
+                evaluate(
+                    model, eval_set, pad_id, cfg.optim.micro_batch_size, accelerator.device, cfg.center_rewards_coef
+                )
+            )
+            if metrics["eval/loss"] < best_eval - 1e-6:
+                best_eval, bad_evals = metrics["eval/loss"], 0
+            else:
+                bad_evals += 1
+            stopped_early = 0 < cfg.early_stopping_patience <= bad_evals
+
+        # 6. Log.
+        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/loss" in metrics or stopped_early:
+            tracker.log(metrics, step=done)
+        progress.update(
+            done,
+            loss=metrics["train/loss"],
+            acc=metrics["train/accuracy"],
+            eval_acc=metrics.get("eval/accuracy", float("nan")),
+        )
+
+        # 7. Checkpoint (atomic); resume_from=auto continues from here.
+        if (cfg.save_every and done % cfg.save_every == 0) or stopped_early:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": done,
+                "best_eval": best_eval,
+                "bad_evals": bad_evals,
+            }
+            save_checkpoint(accelerator, cfg.output_dir, done, {"model": model}, state, cfg.keep_checkpoints)
+        if stopped_early:
+            break
+    progress.close()
+    if eval_set and "eval/accuracy" not in metrics:  # resumed at the last step: nothing was evaluated this run
+        metrics.update(
+            evaluate(model, eval_set, pad_id, cfg.optim.micro_batch_size, accelerator.device, cfg.center_rewards_coef)
+        )
+
+    # 8. Normalisation on the reference sample, then final/ (LoRA merged, so it is a plain HF reward model).
+    final_model = accelerator.unwrap_model(model)
+    if hasattr(final_model, "merge_and_unload"):
+        final_model = final_model.merge_and_unload()
+    final_model.eval()
+    norm = fit_normalization(
+        raw_scores(final_model, reference, pad_id, 2 * cfg.optim.micro_batch_size, accelerator.device),
+        cfg.normalize.clip,
+    )
+    save_final(
+        accelerator,
+        final_model,
+        tokenizer,
+        os.path.join(cfg.output_dir, "final"),
+        extra_files={NORMALIZATION_FILE: json.dumps(norm, indent=2)},
+    )
+    summary = {
+        **data_stats,
+        "eval/accuracy": metrics.get("eval/accuracy"),
+        "eval/margin": metrics.get("eval/margin"),
+        "eval/loss": metrics.get("eval/loss"),
+        "final/train_loss": metrics.get("train/loss"),
+        "first/train_loss": history[0] if history else None,
+        "normalization/mean": norm["mean"],
+        "normalization/std": norm["std"],
+        "steps": start_step + len(history),
+        "stopped_early": stopped_early,
+        "seconds": time.time() - t_start,
+        "parameters/trainable": trainable,
+        "parameters/total": total,
+    }
+    tracker.finish(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main, prog="rlagent reward")
