@@ -37,6 +37,7 @@ BENCHMARKS = {
     "ppo_vs_trl_ppo": ["--quick"],
     "multiturn_vs_trl_grpo": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
+    "ppo_learning": ["--quick"],
 }
 
 
@@ -207,6 +208,7 @@ TITLES = {
     "ppo_vs_trl_ppo": "Single-turn PPO: rlagent vs TRL 1.12 PPOTrainer",
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
+    "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
 }
 
 

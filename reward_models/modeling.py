@@ -10,6 +10,7 @@ import math
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from rlagent.config import ModelConfig, TinyModelConfig
 from rlagent.modeling import TINY, check_local_path, resolve_dtype
@@ -58,9 +59,15 @@ def load_reward_backbone(cfg: ModelConfig, tokenizer, seed: int):
     else:
         check_local_path(cfg.name_or_path)
         keep_head = is_reward_model_folder(cfg.name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name_or_path, num_labels=1, dtype=resolve_dtype(cfg.dtype), local_files_only=True
-        )
+        verbosity = hf_logging.get_verbosity()
+        if not keep_head:  # the "score.weight MISSING" load report is expected: the head is initialised below
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                cfg.name_or_path, num_labels=1, dtype=resolve_dtype(cfg.dtype), local_files_only=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if not keep_head:
             init_score_head(model, seed)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +48,9 @@ def check_messages(messages, where: str, field: str = "messages") -> None:
             raise DataError(f"{where}: '{field}[{i}].content' must be a string")
 
 
-def read_conversations(path: str) -> list[dict]:
-    """Read SFT conversations `{"messages": [...], "tools": [...]}` from JSONL, validating every line."""
-    rows = []
+def iter_conversations(path: str) -> Iterator[dict]:
+    """Stream SFT conversations `{"messages": [...], "tools": [...]}` from JSONL, validating every line."""
+    found = False
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if "messages" not in obj:
@@ -57,10 +58,15 @@ def read_conversations(path: str) -> list[dict]:
         check_messages(obj["messages"], where)
         if not any(m["role"] == "assistant" for m in obj["messages"]):
             raise DataError(f"{where}: conversation has no assistant message to learn from")
-        rows.append({"messages": obj["messages"], "tools": obj.get("tools") or None})
-    if not rows:
+        found = True
+        yield {"messages": obj["messages"], "tools": obj.get("tools") or None}
+    if not found:
         raise DataError(f"{path}: no conversations found")
-    return rows
+
+
+def read_conversations(path: str) -> list[dict]:
+    """All SFT conversations of a JSONL file (small files; large ones go through `tokenized_dataset`)."""
+    return list(iter_conversations(path))
 
 
 @dataclass
@@ -82,6 +88,73 @@ def tokenize_conversation(tokenizer, messages: list[dict], tools, max_length: in
         raise DataError("the chat template marked no assistant tokens; it needs {% generation %} blocks")
     truncated = len(ids) > max_length
     return TokenizedConversation(ids[:max_length], mask[:max_length], truncated)
+
+
+class TokenizedDataset:
+    """Tokenised conversations in an Arrow table (`datasets`), memory-mapped from disk so that a large JSONL file is
+    never held in RAM; item i is a TokenizedConversation."""
+
+    def __init__(self, table, indices: list[int] | None = None) -> None:
+        self.table = table
+        self.indices = list(range(len(table))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int | slice) -> TokenizedConversation | list[TokenizedConversation]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        row = self.table[self.indices[i]]
+        return TokenizedConversation(row["input_ids"], row["assistant_mask"], row["truncated"])
+
+    def subset(self, indices: list[int]) -> TokenizedDataset:
+        return TokenizedDataset(self.table, [self.indices[i] for i in indices])
+
+    def column_stats(self) -> tuple[int, float]:
+        """(conversations truncated, mean tokens per conversation), read column-wise from the table."""
+        lengths = self.table["length"]
+        return sum(self.table["truncated"]), sum(lengths) / max(1, len(lengths))
+
+
+def tokenized_dataset(rows: Iterable[dict], tokenizer, max_length: int, cache_dir: str, key: str) -> TokenizedDataset:
+    """Tokenise `rows` (an iterator is consumed lazily, row by row) into an Arrow file under `cache_dir`.
+
+    `key` identifies the input (file path + size + mtime, or the expert settings); with the tokenizer and max_length
+    it fingerprints the table, so a rerun or a resume with the same input reuses the file instead of re-tokenising.
+    """
+    import datasets
+
+    def generate():
+        for row in rows:
+            t = tokenize_conversation(tokenizer, row["messages"], row["tools"], max_length)
+            yield {"input_ids": t.input_ids, "assistant_mask": t.assistant_mask, "truncated": t.truncated,
+                   "length": len(t.input_ids)}  # fmt: skip
+
+    template = getattr(tokenizer, "chat_template", "") or ""
+    fingerprint = hashlib.sha256(f"{key}|{len(tokenizer)}|{template}|{max_length}".encode()).hexdigest()[:32]
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "assistant_mask": datasets.Sequence(datasets.Value("int8")),
+            "truncated": datasets.Value("bool"),
+            "length": datasets.Value("int32"),
+        }
+    )
+    progress = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one line per stage is enough; the stage prints its own summary
+    try:
+        table = datasets.Dataset.from_generator(
+            generate, features=features, cache_dir=cache_dir, fingerprint=fingerprint
+        )
+    except datasets.exceptions.DatasetGenerationError as err:  # surface the real error (e.g. our file:line one)
+        cause = err.__cause__ or err.__context__
+        if cause is None:
+            raise
+        raise cause from None
+    finally:
+        if progress:
+            datasets.enable_progress_bars()
+    return TokenizedDataset(table)
 
 
 def collate_right_padded(rows: list[TokenizedConversation], pad_id: int) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,9 @@ from rlagent.training import (
     save_final,
     set_seed,
 )
+
+# TRL's unwrap_model_for_generation reads a transformers attribute deprecated in v5; the warning is not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,9 +25,10 @@ from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_
 from rlagent.data import (
     DataError,
     TokenizedConversation,
+    TokenizedDataset,
     collate_right_padded,
-    read_conversations,
-    tokenize_conversation,
+    iter_conversations,
+    tokenized_dataset,
 )
 from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
 from rlagent.tracking import Progress, Tracker
@@ -89,14 +91,16 @@ class SFTConfig:
     wandb_project: str = doc("W&B project name.", "rlagent")
 
 
-def load_conversations(cfg: SFTConfig) -> list[dict]:
-    """Demonstrations from a JSONL file or from the scripted experts of `envs`."""
+def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
+    """Demonstrations from a JSONL file (streamed line by line) or from the scripted experts of `envs`, and a key
+    that changes whenever the input does (for the tokenised-data cache)."""
     if cfg.data.source == "file":
         if not cfg.data.path:
             raise DataError("data.path must be set when data.source is 'file'")
         if not os.path.isfile(cfg.data.path):
             raise DataError(f"data.path: file not found: {cfg.data.path}")
-        return read_conversations(cfg.data.path)
+        stat = os.stat(cfg.data.path)
+        return iter_conversations(cfg.data.path), f"{os.path.abspath(cfg.data.path)}|{stat.st_size}|{stat.st_mtime_ns}"
     from envs.experts import generate_demonstrations
 
     rows = []
@@ -111,24 +115,26 @@ def load_conversations(cfg: SFTConfig) -> list[dict]:
             difficulty=cfg.data.difficulty,
             modes=tuple(cfg.data.noise_modes),
         )
-    return rows
+    return rows, f"expert|{cfg.seed}|{config_to_dict(cfg.data)}"
 
 
-def prepare_data(cfg: SFTConfig, tokenizer) -> tuple[list, list, dict]:
-    """Tokenise, split train/eval deterministically, count truncations (never drop silently)."""
-    rows = load_conversations(cfg)
-    tokenized = [tokenize_conversation(tokenizer, r["messages"], r["tools"], cfg.max_length) for r in rows]
+def prepare_data(cfg: SFTConfig, tokenizer, rank: int = 0) -> tuple[TokenizedDataset, TokenizedDataset, dict]:
+    """Tokenise into an Arrow table (datasets), split train/eval deterministically, count truncations (never drop
+    silently). Each process writes its own table under OUTPUT_DIR/data/rankN, so processes never race."""
+    rows, key = load_conversations(cfg)
+    cache_dir = os.path.join(cfg.output_dir, "data", f"rank{rank}")
+    tokenized = tokenized_dataset(rows, tokenizer, cfg.max_length, cache_dir, key)
     order = list(range(len(tokenized)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = max(1, int(len(order) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
-    eval_set = [tokenized[i] for i in order[:n_eval]]
-    train_set = [tokenized[i] for i in order[n_eval:]]
+    eval_set, train_set = tokenized.subset(order[:n_eval]), tokenized.subset(order[n_eval:])
+    truncated, mean_tokens = tokenized.column_stats()
     stats = {
         "data/conversations": len(tokenized),
         "data/train": len(train_set),
         "data/eval": len(eval_set),
-        "data/truncated": sum(t.truncated for t in tokenized),
-        "data/mean_tokens": sum(len(t.input_ids) for t in tokenized) / len(tokenized),
+        "data/truncated": truncated,
+        "data/mean_tokens": mean_tokens,
     }
     return train_set, eval_set, stats
 
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Data: demonstrations -> token ids + assistant-only masks.
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     pad_id = tokenizer.pad_token_id
-    train_set, eval_set, data_stats = prepare_data(cfg, tokenizer)
+    train_set, eval_set, data_stats = prepare_data(cfg, tokenizer, accelerator.process_index)
 
     # 2. Model, optimiser, schedule.
     model = apply_lora(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
