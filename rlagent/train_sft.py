@@ -36,9 +36,9 @@ from rlagent.training import (
     batch_indices,
     build_optimizer,
     check_batch_shape,
-    load_checkpoint,
     make_accelerator,
     resolve_resume,
+    restore_training,
     save_checkpoint,
     save_final,
     set_seed,
@@ -209,13 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainable, total = count_parameters(model)
 
     # 3. Resume: weights, optimiser, schedule, RNG and step from the latest complete checkpoint.
-    start_step, best_eval, bad_evals = 0, math.inf, 0
     resume = resolve_resume(cfg.resume_from, cfg.output_dir)
-    if resume:
-        state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step, best_eval, bad_evals = state["step"], state["best_eval"], state["bad_evals"]
+    start_step, best_eval, bad_evals = restore_training(accelerator, resume, model, optimizer, scheduler)
 
     tracker = Tracker(
         cfg.output_dir,
