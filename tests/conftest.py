@@ -77,6 +77,13 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool
     return proc
 
 
+def launch_two_processes(script: str, *args: str, env: dict | None = None):
+    """`accelerate launch` of `script` as 2 real processes on this CPU host (gloo): `--cpu` would start only one."""
+    launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    return run_cli(os.path.join(BIN, "accelerate"), *launch, script, *args, env=env)
+
+
 def read_metrics(output_dir) -> list[dict]:
     with open(os.path.join(output_dir, "metrics.jsonl")) as handle:
         return [json.loads(line) for line in handle if line.strip()]

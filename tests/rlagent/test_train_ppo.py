@@ -14,7 +14,7 @@ from rlagent.ppo_models import forward_policy, forward_value, load_value_model
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
 from rlagent.training import make_accelerator
-from tests.conftest import BIN, SMALL_MODEL, read_metrics, run_cli
+from tests.conftest import BIN, SMALL_MODEL, launch_two_processes, read_metrics, run_cli
 
 WORKER = os.path.join(os.path.dirname(__file__), "ppo_step_worker.py")
 
@@ -117,23 +117,7 @@ def test_loss_invariant_to_accumulation_and_processes(tmp_path):
     for name, micro in (("8x1", 8), ("2x4", 2)):
         run_cli(os.path.join(BIN, "python"), WORKER, str(saved), str(tmp_path / f"{name}.pt"), str(micro))
         results[name] = torch.load(tmp_path / f"{name}.pt")
-    run_cli(
-        os.path.join(BIN, "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        WORKER,
-        str(saved),
-        str(tmp_path / "2proc.pt"),
-        "4",
-    )
+    launch_two_processes(WORKER, str(saved), str(tmp_path / "2proc.pt"), "4")
     results["2proc"] = torch.load(tmp_path / "2proc.pt")
     before = {
         **{f"policy.{k}": v for k, v in policy.state_dict().items()},

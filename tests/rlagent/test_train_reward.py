@@ -1,7 +1,6 @@
 """Stage 2 end to end, through the real CLI as subprocesses."""
 
 import json
-import os
 import shutil
 
 import pytest
@@ -10,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import reward_models
 from reward_models.pairs import pair_conversations, read_pairs
-from tests.conftest import BIN, SMALL_MODEL, read_metrics, run_cli
+from tests.conftest import SMALL_MODEL, launch_two_processes, read_metrics, run_cli
 from tests.reward_models.pair_data import addition_pairs, write_pairs
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine two spinning threads per process
@@ -131,10 +130,10 @@ def test_two_processes_match_one(tmp_path, pairs_jsonl):
     """Global batch 8 pairs as 1 process x (2 micro x 4 accumulation) and as 2 gloo processes x (4 x 1)."""
     args = ["max_steps=4", "save_every=0", "optim.batch_size=8", *SMALL_MODEL]
     reward(tmp_path / "one", pairs_jsonl, *args, "optim.micro_batch_size=2")
-    run_cli(os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "rlagent/train_reward.py",
-            f"output_dir={tmp_path / 'two'}", "data.source=file", f"data.path={pairs_jsonl}", "progress=false",
-            "log_every=1", *args, "optim.micro_batch_size=4", env=ONE_THREAD)  # fmt: skip
+    launch_two_processes(
+        "rlagent/train_reward.py", f"output_dir={tmp_path / 'two'}", "data.source=file", f"data.path={pairs_jsonl}",
+        "progress=false", "log_every=1", *args, "optim.micro_batch_size=4", env=ONE_THREAD,
+    )  # fmt: skip
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert [r["train/loss"] for r in one] == pytest.approx([r["train/loss"] for r in two], rel=1e-5)
     assert [r["train/accuracy"] for r in one] == [r["train/accuracy"] for r in two]

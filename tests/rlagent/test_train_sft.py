@@ -1,14 +1,13 @@
 """Stage 1 end to end, through the real CLI as subprocesses."""
 
 import json
-import os
 import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import BIN, SMALL_MODEL, read_metrics, run_cli
+from tests.conftest import SMALL_MODEL, launch_two_processes, read_metrics, run_cli
 
 
 def sft(output_dir, data_path, *extra):
@@ -63,19 +62,7 @@ def test_two_processes_match_one(tmp_path, demo_jsonl):
     """Global batch 8 as 1 process x (2 micro x 4 accumulation) and as 2 gloo processes x (4 x 1)."""
     args = ["max_steps=5", "save_every=0", "optim.batch_size=8", *SMALL_MODEL]
     sft(tmp_path / "one", demo_jsonl, *args, "optim.micro_batch_size=2")
-    accelerate = os.path.join(BIN, "accelerate")
-    run_cli(
-        accelerate,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    launch_two_processes(
         "rlagent/train_sft.py",
         f"output_dir={tmp_path / 'two'}",
         "data.source=file",
