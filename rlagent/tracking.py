@@ -7,6 +7,8 @@ import math
 import os
 import time
 
+from rlagent.config import config_to_dict
+
 REPORTERS = ("jsonl", "wandb", "tensorboard")
 
 
@@ -108,6 +110,13 @@ class Tracker:
             self._wandb.finish()
         if self._tb:
             self._tb.close()
+
+    @classmethod
+    def for_run(cls, cfg, enabled: bool, resume_step: int) -> Tracker:
+        """The tracker of a stage run from its config's common keys (output_dir, report_to, wandb_project)."""
+        return cls(
+            cfg.output_dir, cfg.report_to, config_to_dict(cfg), cfg.wandb_project, enabled, resume_step=resume_step
+        )
 
 
 class Progress:

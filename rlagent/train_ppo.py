@@ -21,7 +21,7 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 
 from rlagent import ppo_core as core
-from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_args, run_main, save_config
+from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
 from rlagent.modeling import count_parameters, load_tokenizer
 from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, reference_context
 from rlagent.ppo_schedule import Curriculum, episode_seeds, sample_rows
@@ -369,14 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = ModelPolicy(
         accelerator.unwrap_model(policy), tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature
     )
-    tracker = Tracker(
-        cfg.output_dir,
-        cfg.report_to,
-        config_to_dict(cfg),
-        cfg.wandb_project,
-        enabled=accelerator.is_main_process,
-        resume_step=start,
-    )
+    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         print(

@@ -30,7 +30,7 @@ from reward_models.losses import bradley_terry_loss
 from reward_models.modeling import load_reward_backbone
 from reward_models.pairs import pair_conversations, read_pairs, rule_negative_pairs
 from reward_models.scoring import NORMALIZATION_FILE, fit_normalization, forward_scores, raw_scores, render_for_reward
-from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_args, run_main, save_config
+from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
 from rlagent.data import DataError, write_jsonl
 from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_tokenizer
 from rlagent.tracking import Progress, Tracker
@@ -273,14 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume = resolve_resume(cfg.resume_from, cfg.output_dir)
     start_step, best_eval, bad_evals = restore_training(accelerator, resume, model, optimizer, scheduler)
 
-    tracker = Tracker(
-        cfg.output_dir,
-        cfg.report_to,
-        config_to_dict(cfg),
-        cfg.wandb_project,
-        enabled=accelerator.is_main_process,
-        resume_step=start_step,
-    )
+    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         truncated = data_stats["data/train_truncated"] + data_stats["data/eval_truncated"]

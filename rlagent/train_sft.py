@@ -212,14 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     resume = resolve_resume(cfg.resume_from, cfg.output_dir)
     start_step, best_eval, bad_evals = restore_training(accelerator, resume, model, optimizer, scheduler)
 
-    tracker = Tracker(
-        cfg.output_dir,
-        cfg.report_to,
-        config_to_dict(cfg),
-        cfg.wandb_project,
-        enabled=accelerator.is_main_process,
-        resume_step=start_step,
-    )
+    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         print(
