@@ -79,22 +79,15 @@ def run_ppo(args: argparse.Namespace, sft: str) -> list[dict]:
 
 
 def held_out(args: argparse.Namespace, sft: str) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlagent.quickstart import evaluate_sft_vs_ppo
 
-    from rlagent.evaluate import compare, evaluate_policy
-
-    paths = {"sft": sft, "ppo": os.path.join(args.out, "final")}
-    models = {k: (AutoModelForCausalLM.from_pretrained(p), AutoTokenizer.from_pretrained(p)) for k, p in paths.items()}
-    for greedy in (True, False):
-        rows = {
-            name: evaluate_policy(model, tok, ENV_ID, args.eval_episodes, seed=10_000, greedy=greedy)
-            for name, (model, tok) in models.items()
-        }
-        stats = compare(rows["sft"], rows["ppo"])
-        mode = "greedy" if greedy else "sampled"
+    policies = {"sft": sft, "ppo": os.path.join(args.out, "final")}
+    row = evaluate_sft_vs_ppo(policies, [ENV_ID], args.eval_episodes, seed=10_000)[ENV_ID]
+    for suffix, mode in (("", "greedy"), ("_sampled", "sampled")):
         print(
-            f"held-out {mode:7s}: SFT {rows['sft']['success_rate']:.1%}  PPO {rows['ppo']['success_rate']:.1%}  "
-            f"difference {stats['difference']:+.1%}  p={stats['p_value']:.2g}  ({args.eval_episodes} episodes each)"
+            f"held-out {mode:7s}: SFT {row['sft' + suffix]['success_rate']:.1%}  "
+            f"PPO {row['ppo' + suffix]['success_rate']:.1%}  difference {row['difference' + suffix]:+.1%}  "
+            f"p={row['p_value' + suffix]:.2g}  ({args.eval_episodes} episodes each)"
         )
 
 

@@ -87,7 +87,13 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
 
 
 def evaluate_both(args: argparse.Namespace) -> dict:
-    """Held-out success of the SFT and PPO policies on every environment, with the significance of the gain.
+    """Held-out success of the SFT and PPO policies on every environment, with the significance of the gain."""
+    policies = {name: os.path.join(args.output_dir, name, "final") for name in ("sft", "ppo")}
+    return evaluate_sft_vs_ppo(policies, ENV_IDS, args.eval_episodes, seed=args.seed + 10_000)
+
+
+def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
+    """{env: row} for the model folders policies["sft"] and policies["ppo"] on the same test episodes.
 
     Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
     policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value.
@@ -96,19 +102,16 @@ def evaluate_both(args: argparse.Namespace) -> dict:
 
     from rlagent.evaluate import compare, evaluate_policy
 
-    results = {}
-    policies = {name: os.path.join(args.output_dir, name, "final") for name in ("sft", "ppo")}
     loaded = {
         name: (AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
         for name, path in policies.items()
     }
-    for env_id in ENV_IDS:
+    results = {}
+    for env_id in env_ids:
         row = {}
         for suffix, greedy in (("", True), ("_sampled", False)):
             for name, (model, tok) in loaded.items():
-                row[name + suffix] = evaluate_policy(
-                    model, tok, env_id, args.eval_episodes, seed=args.seed + 10_000, greedy=greedy
-                )
+                row[name + suffix] = evaluate_policy(model, tok, env_id, episodes, seed=seed, greedy=greedy)
             stats = compare(row["sft" + suffix], row["ppo" + suffix])
             row.update({key + suffix: value for key, value in stats.items()})
         results[env_id] = row
