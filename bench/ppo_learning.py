@@ -2,10 +2,12 @@
 
     python bench/ppo_learning.py [--sft-dir bench/.cache/weak_sft] [--iterations 30] [--quick]
 
-1. A weak SFT policy: configs/quickstart/sft.yaml (Calculator and KBSearch demonstrations, 2500 steps) with the
-   expert failing on purpose in 45 % of episodes (guesses without the tool, or writes a malformed call), so the
-   policy often does the same; it still learns to copy numbers (with 60 % noise it did not, and nothing could be
-   learned from it). Built once into --sft-dir (reused when DIR/final exists).
+1. A weak SFT policy, in two SFT runs: the quickstart's stage 1 (configs/quickstart/sft.yaml, shared with
+   multiturn_vs_trl_grpo through bench/fixtures.py), then --sft-steps more steps at lr 1e-3 on demonstrations where
+   the expert fails on purpose in --noise (85 %) of the episodes (answers without the tool, or writes a malformed
+   call). It keeps the copying skill of the first run and takes the bad habits of the second. (Noisy data from the
+   start does not give a usable weak policy: at 60 % noise the tiny model never learned to copy numbers, and at
+   45 % it copied so poorly that fixing its habits was worth only +14 points.) Built once into --sft-dir.
 2. `rlagent ppo` with configs/quickstart/ppo.yaml on Calculator-v0 only, environment reward only (no reward model).
 3. Prints the TRAINING success (sampled episodes of each iteration) averaged over the first and the last 3
    iterations, and held-out (test split) success of both policies, greedy and sampled, with Fisher-exact p-values.
@@ -31,25 +33,32 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sft-dir", default=os.path.join(REPO, "bench", ".cache", "weak_sft"))
     parser.add_argument("--out", default=os.path.join(REPO, "bench", ".cache", "ppo_learning"))
     parser.add_argument("--iterations", type=int, default=30, help="PPO iterations.")
-    parser.add_argument("--sft-steps", type=int, default=2500, help="SFT steps for the weak policy.")
-    parser.add_argument("--noise", type=float, default=0.45, help="Expert failure probability in the SFT data.")
+    parser.add_argument("--sft-steps", type=int, default=300, help="Steps of the second (bad-habits) SFT run.")
+    parser.add_argument("--noise", type=float, default=0.85, help="Expert failure rate in the second run's data.")
     parser.add_argument("--eval-episodes", type=int, default=200, help="Held-out episodes per policy.")
     parser.add_argument("--quick", action="store_true", help="Smoke sizes (numbers mean little).")
     return parser.parse_args()
 
 
 def weak_sft(args: argparse.Namespace) -> str:
+    from fixtures import sft_policy
+
     from rlagent import train_sft
 
     final = os.path.join(args.sft_dir, "final")
     if not os.path.isdir(final):
+        base = sft_policy(max_steps=50 if args.quick else None)
         train_sft.main(
             [
                 "--config",
                 os.path.join(REPO, "configs", "quickstart", "sft.yaml"),
                 f"output_dir={args.sft_dir}",
+                f"model.name_or_path={base}",
                 f"max_steps={args.sft_steps}",
+                "optim.lr=1e-3",
                 f"data.noise={args.noise}",
+                "data.episodes=1000",
+                "eval_every=0",
                 "save_every=0",
                 "progress=false",
             ]
@@ -94,7 +103,7 @@ def held_out(args: argparse.Namespace, sft: str) -> None:
 def main() -> None:
     args = parse()
     if args.quick:
-        args.sft_steps, args.iterations, args.eval_episodes = 50, 3, 16
+        args.sft_steps, args.iterations, args.eval_episodes = 20, 3, 16
         args.sft_dir, args.out = args.sft_dir + "_quick", args.out + "_quick"
     t0 = time.time()
     sft = weak_sft(args)

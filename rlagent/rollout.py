@@ -168,7 +168,19 @@ class ModelPolicy:
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.greedy:
             return logits.argmax(-1)
-        return torch.multinomial(torch.softmax(logits.float() / self.temperature, dim=-1), 1)[:, 0]
+        return sample_categorical(torch.softmax(logits.float() / self.temperature, dim=-1))
+
+
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of probs (B, V), drawn by inverting the CDF with a single uniform per row.
+
+    Same distribution as torch.multinomial(probs, 1), which on CPU draws an exponential variate for EVERY
+    vocabulary entry (~0.25 ms a step at B=32, 5 % of a tiny model's rollout). A zero-probability index is never
+    returned: searchsorted(right=True) skips flat stretches of the CDF.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(probs.shape[-1] - 1)
 
 
 def _base(model):

@@ -28,7 +28,7 @@ import torch
 
 from reward_models.losses import bradley_terry_loss
 from reward_models.modeling import load_reward_backbone
-from reward_models.pairs import pair_conversations, read_pairs, rule_negative_pairs
+from reward_models.pairs import RULES, pair_conversations, read_pairs, rule_negative_pairs
 from reward_models.scoring import NORMALIZATION_FILE, fit_normalization, forward_scores, raw_scores, render_for_reward
 from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
 from rlagent.data import DataError, write_jsonl
@@ -61,6 +61,10 @@ class RewardDataConfig:
     rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
     rule_negatives_per_pair: int = doc(
         "At most this many rule-built negatives per pair (0 = every rule that applies).", 1
+    )
+    rule_kinds: list[str] = doc(
+        "Rules to draw from (reward_models.pairs.RULES); a rule named twice is drawn twice as often.",
+        factory=lambda: list(RULES),
     )
     eval_fraction: float = doc("Fraction of pairs held out for eval accuracy and margin.", 0.1)
 
@@ -147,6 +151,9 @@ def tokenize_pairs(pairs: list[dict], tokenizer, cfg: RewardConfig, stats: dict,
 
 def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[list, list, list, dict]:
     """Split pairs (eval first, deterministic), add rule negatives to train only, tokenise, export if asked."""
+    unknown = sorted(set(cfg.data.rule_kinds) - set(RULES))
+    if unknown:
+        raise DataError(f"data.rule_kinds: unknown rule(s) {unknown}; known: {sorted(RULES)}")
     pairs = load_pairs(cfg)
     order = list(range(len(pairs)))
     random.Random(cfg.seed).shuffle(order)
@@ -154,7 +161,7 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[list, list, list, dict]:
     eval_pairs = [pairs[i] for i in order[:n_eval]]
     train_pairs = [pairs[i] for i in order[n_eval:]]
     rule_pairs = (
-        rule_negative_pairs(train_pairs, cfg.seed, cfg.data.rule_negatives_per_pair or None)
+        rule_negative_pairs(train_pairs, cfg.seed, cfg.data.rule_negatives_per_pair or None, cfg.data.rule_kinds)
         if cfg.data.rule_negatives
         else []
     )

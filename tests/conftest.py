@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -82,6 +83,17 @@ def launch_two_processes(script: str, *args: str, env: dict | None = None):
     launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     return run_cli(os.path.join(BIN, "accelerate"), *launch, script, *args, env=env)
+
+
+def assert_metrics_documented(output_dir) -> None:
+    """Every key a run logged to metrics.jsonl is explained in the README's metrics glossary."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    glossary = readme[readme.index("## Metrics glossary") : readme.index("## How PPO is done here")]
+    keys = {key for row in read_metrics(output_dir) for key in row} - {"step"}
+    generic = {re.sub(r"^curriculum/.+_level$", "curriculum/<env>_level", key) for key in keys}
+    missing = sorted(key for key in generic if f"`{key}`" not in glossary)
+    assert not missing, f"metrics logged but not explained in the README glossary: {missing}"
 
 
 def read_metrics(output_dir) -> list[dict]:

@@ -72,3 +72,9 @@ def test_rules_skip_what_does_not_apply_and_keep_the_input():
     assert json.dumps(CONV) == before
     assert sorted(p["kind"] for p in pairs) == sorted(f"rule:{k}" for k in RULES)
     assert all(p["chosen"] == CONV and p["rejected"] != CONV for p in pairs)
+
+
+def test_rule_kinds_choose_and_weight_the_rules():
+    pair = {"prompt": CONV[:1], "chosen": CONV[1:], "rejected": CONV[1:2], "tools": None}
+    twice = rule_negative_pairs([pair], 0, None, ["mistyped_argument", "mistyped_argument", "no_tool_call"])
+    assert [p["kind"] for p in twice] == ["rule:mistyped_argument", "rule:mistyped_argument", "rule:no_tool_call"]

@@ -8,7 +8,7 @@ from envs.experts import ScriptedExpert
 from rlagent import train_sft
 from rlagent.config import TinyModelConfig
 from rlagent.data import tokenize_conversation
-from rlagent.rollout import ModelPolicy, TextPolicy, cut_at_eos, make_envs, run_episodes
+from rlagent.rollout import ModelPolicy, TextPolicy, cut_at_eos, make_envs, run_episodes, sample_categorical
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import SMALL_MODEL
 
@@ -299,3 +299,14 @@ def test_checkpoint_sampling_knobs_are_neutralised(tok):
 def test_cut_at_eos():
     assert cut_at_eos([5, 9, 1, 1], eos_id=9) == [5, 9]
     assert cut_at_eos([5, 1, 7, 1], eos_id=9) == [5, 1, 7, 1]  # no eos: every token was sampled, keep them all
+
+
+def test_sample_categorical_matches_the_probabilities_and_skips_zeros():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75], [0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    n = 40_000
+    draws = sample_categorical(probs.repeat(n, 1)).view(n, 3)
+    for row in range(3):
+        frequency = torch.bincount(draws[:, row], minlength=4).float() / n
+        assert torch.allclose(frequency, probs[row], atol=0.01)  # 4.5 standard errors at p = 0.5
+        assert (frequency[probs[row] == 0] == 0).all()

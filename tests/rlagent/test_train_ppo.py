@@ -14,7 +14,7 @@ from rlagent.ppo_models import forward_policy, forward_value, load_value_model
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
 from rlagent.training import make_accelerator
-from tests.conftest import BIN, SMALL_MODEL, launch_two_processes, read_metrics, run_cli
+from tests.conftest import BIN, SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 
 WORKER = os.path.join(os.path.dirname(__file__), "ppo_step_worker.py")
 
@@ -181,13 +181,16 @@ def test_ppo_resume_gives_identical_metrics(tmp_path, small_sft):
     assert comparable(a) == comparable(b)
     for key in ("objective/kl", "policy/approx_kl", "policy/clipfrac", "val/loss", "env/success_rate", "grad_norm"):
         assert key in a[-1]
+    assert_metrics_documented(tmp_path / "a")
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["steps"] == 4 and (tmp_path / "a" / "final" / "config.json").is_file()
 
 
 def test_nan_reward_is_skipped_and_logged(tmp_path, small_sft):
-    ppo(tmp_path, small_sft, "max_steps=3", "save_every=0", "inject_nan_reward_at=1")
+    ppo(tmp_path, small_sft, "max_steps=3", "save_every=0", "inject_nan_reward_at=1", "curriculum.enabled=true")
     rows = read_metrics(tmp_path)
+    assert "curriculum/Calculator-v0_level" in rows[-1]
+    assert_metrics_documented(tmp_path)
     assert [r["objective/nonfinite_scores"] for r in rows] == [0, 1, 0]
     assert all(isinstance(r["policy/loss"], float) for r in rows)  # finite numbers, not "nan" strings
     assert rows[-1]["step"] == 3
@@ -198,3 +201,4 @@ def test_critic_free_estimators_run(tmp_path, small_sft, estimator):
     ppo(tmp_path, small_sft, "max_steps=2", "save_every=0", f"algo.estimator={estimator}", "algo.group_size=4")
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and "val/loss" not in rows[-1]
+    assert_metrics_documented(tmp_path)

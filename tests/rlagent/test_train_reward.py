@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import reward_models
 from reward_models.pairs import pair_conversations, read_pairs
-from tests.conftest import SMALL_MODEL, launch_two_processes, read_metrics, run_cli
+from tests.conftest import SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 from tests.reward_models.pair_data import addition_pairs, write_pairs
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine two spinning threads per process
@@ -57,6 +57,7 @@ def test_learns_from_a_few_hundred_pairs(tmp_path, pairs_jsonl):
     assert summary["eval/accuracy"] >= 0.8 and summary["eval/margin"] > 0, summary
     assert summary["data/eval"] == 60 and summary["data/rule_pairs"] > 0
     assert [row["step"] for row in read_metrics(out) if "eval/accuracy" in row] == [20, 40]
+    assert_metrics_documented(out)
 
     # Plain transformers gives the raw scores of our API.
     used = read_pairs(str(tmp_path / "used.jsonl"))  # --pairs-out: eval pairs, train pairs, rule-built pairs
@@ -115,7 +116,8 @@ def test_expert_pairs_with_lora_give_a_merged_final(tmp_path):
     run_cli("rlagent", "reward", f"output_dir={out}", "data.source=expert", "data.pairs=12",
             "data.env_ids=rlagent/Calculator-v0,rlagent/KBSearch-v0", "max_steps=3", "save_every=0",
             "progress=false", "optim.batch_size=8", "optim.micro_batch_size=4", "model.lora.enabled=true",
-            *SMALL_MODEL, "--pairs-out", str(tmp_path / "used.jsonl"), env=ONE_THREAD)  # fmt: skip
+            "data.rule_kinds=[no_tool_call,malformed_call]", *SMALL_MODEL, "--pairs-out", str(tmp_path / "used.jsonl"),
+            env=ONE_THREAD)  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data/pairs"] == 24 and summary["steps"] == 3
     assert summary["parameters/trainable"] < summary["parameters/total"]
@@ -123,6 +125,13 @@ def test_expert_pairs_with_lora_give_a_merged_final(tmp_path):
     AutoModelForSequenceClassification.from_pretrained(out / "final")
     kinds = {pair["kind"] for pair in read_pairs(str(tmp_path / "used.jsonl"))}
     assert {"expert:rlagent/Calculator-v0", "expert:rlagent/KBSearch-v0", "rule:no_tool_call"} <= kinds
+    assert {kind for kind in kinds if kind.startswith("rule:")} <= {"rule:no_tool_call", "rule:malformed_call"}
+
+
+def test_unknown_rule_kind_is_named(tmp_path):
+    proc = run_cli("rlagent", "reward", f"output_dir={tmp_path}", "data.rule_kinds=[no_tool_call,typo]", check=False)
+    assert proc.returncode != 0 and "data.rule_kinds: unknown rule(s) ['typo']" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import SMALL_MODEL, launch_two_processes, read_metrics, run_cli
+from tests.conftest import SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 
 
 def sft(output_dir, data_path, *extra):
@@ -33,6 +33,7 @@ def test_sft_learns_and_final_loads(tmp_path, demo_jsonl):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final/train_loss"] <= 0.5 * summary["first/train_loss"], summary
     assert summary["data/truncated"] == 0 and summary["steps"] == 50
+    assert_metrics_documented(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "final")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     prompt = [{"role": "user", "content": "What is 12 plus 30?"}]
