@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 
@@ -78,9 +79,26 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool
     return proc
 
 
+def free_port() -> str:
+    """A TCP port nobody listens on now: back-to-back launches on accelerate's fixed default (29500) can collide
+    with a previous run's socket that is still closing."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def launch_two_processes(script: str, *args: str, env: dict | None = None):
     """`accelerate launch` of `script` as 2 real processes on this CPU host (gloo): `--cpu` would start only one."""
-    launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch = [
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        free_port(),
+    ]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     return run_cli(os.path.join(BIN, "accelerate"), *launch, script, *args, env=env)
 

@@ -8,7 +8,15 @@ from envs.experts import ScriptedExpert
 from rlagent import train_sft
 from rlagent.config import TinyModelConfig
 from rlagent.data import tokenize_conversation
-from rlagent.rollout import ModelPolicy, TextPolicy, cut_at_eos, make_envs, run_episodes, sample_categorical
+from rlagent.rollout import (
+    ModelPolicy,
+    PreallocatedCacheLayer,
+    TextPolicy,
+    cut_at_eos,
+    make_envs,
+    run_episodes,
+    sample_categorical,
+)
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import SMALL_MODEL
 
@@ -310,3 +318,19 @@ def test_sample_categorical_matches_the_probabilities_and_skips_zeros():
         frequency = torch.bincount(draws[:, row], minlength=4).float() / n
         assert torch.allclose(frequency, probs[row], atol=0.01)  # 4.5 standard errors at p = 0.5
         assert (frequency[probs[row] == 0] == 0).all()
+
+
+def test_preallocated_cache_layer_equals_concatenation():
+    """Writes into a buffer (growing past its capacity when it must) give what DynamicLayer's torch.cat gives."""
+    torch.manual_seed(0)
+    chunks = [torch.randn(3, 2, t, 4) for t in (3, 1, 1, 2)]
+    layer = PreallocatedCacheLayer(capacity=5)
+    for i, chunk in enumerate(chunks):
+        keys, values = layer.update(chunk, -chunk)
+        expected = torch.cat(chunks[: i + 1], dim=-2)
+        assert torch.equal(keys, expected) and torch.equal(values, -expected)
+    assert layer.get_seq_length() == 7 and layer.key_buffer.shape[-2] >= 7  # grew past capacity 5
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, torch.cat(chunks, dim=-2)[[2, 0]])
+    keys, _ = layer.update(chunks[1][:2], chunks[1][:2])
+    assert keys.shape == (2, 2, 8, 4) and torch.equal(keys[:, :, -1:], chunks[1][:2])
