@@ -1,6 +1,6 @@
 """Does PPO learn? From a deliberately weak SFT policy on Calculator-v0, N PPO iterations on the environment reward.
 
-    python bench/ppo_learning.py [--sft-dir bench/.cache/weak_sft] [--iterations 30] [--quick]
+    python bench/ppo_learning.py [--sft-dir DIR] [--iterations 30] [--quick]
 
 1. A weak SFT policy, in two SFT runs: the quickstart's stage 1 (configs/quickstart/sft.yaml, shared with
    multiturn_vs_trl_grpo through bench/fixtures.py), then --sft-steps more steps at lr 1e-3 on demonstrations where
@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sft-dir", default=os.path.join(REPO, "bench", ".cache", "weak_sft"))
+    parser.add_argument("--sft-dir", help="Weak SFT folder (default: bench/.cache/weak_sft-<noise>-<steps>).")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", ".cache", "ppo_learning"))
     parser.add_argument("--iterations", type=int, default=30, help="PPO iterations.")
     parser.add_argument("--sft-steps", type=int, default=300, help="Steps of the second (bad-habits) SFT run.")
@@ -104,7 +104,10 @@ def main() -> None:
     args = parse()
     if args.quick:
         args.sft_steps, args.iterations, args.eval_episodes = 20, 3, 16
-        args.sft_dir, args.out = args.sft_dir + "_quick", args.out + "_quick"
+        args.out += "_quick"
+    # The recipe is in the folder name, so a cached policy is never reused for another recipe.
+    recipe = f"weak_sft-{args.noise}-{args.sft_steps}" + ("-quick" if args.quick else "")
+    args.sft_dir = args.sft_dir or os.path.join(REPO, "bench", ".cache", recipe)
     t0 = time.time()
     sft = weak_sft(args)
     t1 = time.time()

@@ -180,7 +180,11 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     vocabulary entry (~0.25 ms a step at B=32, 5 % of a tiny model's rollout). A zero-probability index is never
     returned: searchsorted(right=True) skips flat stretches of the CDF.
     """
-    cdf = probs.cumsum(-1)
+    # float64: in float32 a running sum near 1 cannot resolve increments below ~6e-8, so with a 150k vocabulary whole
+    # stretches of small-but-nonzero tokens would never be drawn.
+    cdf = probs.double().cumsum(-1)
+    if not torch.isfinite(cdf[:, -1]).all():  # torch.multinomial raises here too; never sample from garbage
+        raise ValueError("sampling probabilities contain inf or nan (overflowing logits?)")
     u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(probs.shape[-1] - 1)
 
@@ -234,8 +238,9 @@ def _prefill_inputs(episodes: list[_Episode], pad_id: int, model, max_new_tokens
 class PreallocatedCacheLayer(DynamicLayer):
     """A DynamicLayer that writes new keys/values into a buffer sized for the whole turn instead of concatenating.
 
-    DynamicLayer.update copies the entire cache every decode step (torch.cat); at 32 rows that was ~16 % of a step of
+    DynamicLayer.update copies the entire cache every decode step (torch.cat); at 32 rows that was ~20 % of a step of
     the tiny model. `keys`/`values` are views of the buffer's filled part, so everything that reads them is unchanged.
+    Only what the rollout decode uses is supported; beam search and cropping raise.
     """
 
     def __init__(self, capacity: int):
@@ -276,6 +281,19 @@ class PreallocatedCacheLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def reset(self) -> None:
+        super().reset()
+        self.length, self.key_buffer, self.value_buffer = 0, None, None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("PreallocatedCacheLayer is for rlagent's rollout decode; it does not crop")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("PreallocatedCacheLayer is for rlagent's rollout decode; it does not expand rows")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("PreallocatedCacheLayer is for rlagent's rollout decode; it does no beam search")
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.key_buffer is not None:
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
@@ -288,8 +306,10 @@ def _load_kv(layers: list, episodes: list[_Episode], width: int) -> None:
     reference = next(ep.kv for ep in episodes if ep.kv)
     for index, layer in enumerate(layers):
         like = reference[index][0]  # (heads, t, dim)
-        keys = like.new_zeros((len(episodes), like.shape[0], layer.capacity, like.shape[-1]))
-        values = torch.zeros_like(keys)
+        keys = like.new_empty((len(episodes), like.shape[0], layer.capacity, like.shape[-1]))
+        values = torch.empty_like(keys)
+        keys[:, :, :width].zero_()
+        values[:, :, :width].zero_()
         for row, ep in enumerate(episodes):
             if ep.cached_tokens:
                 keys[row, :, width - ep.cached_tokens : width] = ep.kv[index][0]

@@ -316,8 +316,10 @@ def test_sample_categorical_matches_the_probabilities_and_skips_zeros():
     draws = sample_categorical(probs.repeat(n, 1)).view(n, 3)
     for row in range(3):
         frequency = torch.bincount(draws[:, row], minlength=4).float() / n
-        assert torch.allclose(frequency, probs[row], atol=0.01)  # 4.5 standard errors at p = 0.5
+        assert torch.allclose(frequency, probs[row], atol=0.01)  # 4 standard errors at p = 0.5
         assert (frequency[probs[row] == 0] == 0).all()
+    with pytest.raises(ValueError, match="inf or nan"):
+        sample_categorical(torch.tensor([[0.5, float("nan")]]))
 
 
 def test_preallocated_cache_layer_equals_concatenation():
@@ -332,5 +334,12 @@ def test_preallocated_cache_layer_equals_concatenation():
     assert layer.get_seq_length() == 7 and layer.key_buffer.shape[-2] >= 7  # grew past capacity 5
     layer.batch_select_indices(torch.tensor([2, 0]))
     assert torch.equal(layer.keys, torch.cat(chunks, dim=-2)[[2, 0]])
-    keys, _ = layer.update(chunks[1][:2], chunks[1][:2])
+    assert torch.equal(layer.values, -torch.cat(chunks, dim=-2)[[2, 0]])
+    keys, values = layer.update(chunks[1][:2], 2 * chunks[1][:2])
     assert keys.shape == (2, 2, 8, 4) and torch.equal(keys[:, :, -1:], chunks[1][:2])
+    assert torch.equal(values[:, :, :-1], -torch.cat(chunks, dim=-2)[[2, 0]])
+    assert torch.equal(values[:, :, -1:], 2 * chunks[1][:2])
+    with pytest.raises(NotImplementedError):
+        layer.crop(-1)
+    layer.reset()
+    assert layer.get_seq_length() == 0
