@@ -89,16 +89,8 @@ def free_port() -> str:
 
 def launch_two_processes(script: str, *args: str, env: dict | None = None):
     """`accelerate launch` of `script` as 2 real processes on this CPU host (gloo): `--cpu` would start only one."""
-    launch = [
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        free_port(),
-    ]
+    port = free_port()
+    launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", port]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     return run_cli(os.path.join(BIN, "accelerate"), *launch, script, *args, env=env)
 
