@@ -205,6 +205,9 @@ def rule_negative_pairs(
 ) -> list[dict]:
     """Extra whole-conversation pairs from each pair's chosen conversation: up to `per_pair` rules (drawn at random
     among those that apply) per pair, or every rule that applies when per_pair is None."""
+    unknown = sorted(set(kinds) - set(RULES))
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}; known: {sorted(RULES)}")
     rng = random.Random(seed)
     out = []
     for pair in pairs:

@@ -78,3 +78,5 @@ def test_rule_kinds_choose_and_weight_the_rules():
     pair = {"prompt": CONV[:1], "chosen": CONV[1:], "rejected": CONV[1:2], "tools": None}
     twice = rule_negative_pairs([pair], 0, None, ["mistyped_argument", "mistyped_argument", "no_tool_call"])
     assert [p["kind"] for p in twice] == ["rule:mistyped_argument", "rule:mistyped_argument", "rule:no_tool_call"]
+    with pytest.raises(ValueError, match=r"unknown rule\(s\) \['mistyped'\]"):
+        rule_negative_pairs([pair], 0, None, ["mistyped", "no_tool_call"])
