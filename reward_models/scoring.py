@@ -26,11 +26,30 @@ NORMALIZATION_FILE = "reward_normalization.json"
 
 def render_for_reward(tokenizer, messages: list[dict], tools=None) -> list[int]:
     """Token ids of a conversation as the RM scores it (training and scoring share this one function)."""
+    return render_many_for_reward(tokenizer, [messages], [tools])[0]
+
+
+def render_many_for_reward(tokenizer, conversations: list[list[dict]], tools: list | None = None) -> list[list[int]]:
+    """render_for_reward for many conversations: each distinct one is rendered once, and all texts are encoded in
+    one batched tokenizer call (rule-built pairs repeat the same chosen conversation up to a dozen times)."""
+    tools = tools if tools is not None else [None] * len(conversations)
+    texts, index = {}, []
+    for messages, conv_tools in zip(conversations, tools):
+        key = json.dumps([messages, conv_tools or None], sort_keys=True, default=str)
+        if key not in texts:
+            texts[key] = _reward_text(tokenizer, messages, conv_tools)
+        index.append(key)
+    encoded = dict(zip(texts, tokenizer(list(texts.values()), add_special_tokens=False).input_ids))
+    return [list(encoded[key]) for key in index]
+
+
+def _reward_text(tokenizer, messages: list[dict], tools=None) -> str:
+    """The chat-template text cut right after the final end-of-turn token of a trailing assistant message."""
     text = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False)
     eos = tokenizer.eos_token
     if messages and messages[-1].get("role") == "assistant" and eos and eos in text:
         text = text[: text.rindex(eos) + len(eos)]
-    return tokenizer(text, add_special_tokens=False).input_ids
+    return text
 
 
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +117,7 @@ class RewardModel:
     def score(self, conversations: list[list[dict]], tools=None, raw: bool = False) -> torch.Tensor:
         """Scores (N,) on CPU for HF-format conversations; `tools`: one schema list for all or one per conversation."""
         per_conversation = tools if tools and not isinstance(tools[0], dict) else [tools] * len(conversations)
-        rows = [render_for_reward(self.tokenizer, m, t) for m, t in zip(conversations, per_conversation)]
+        rows = render_many_for_reward(self.tokenizer, conversations, per_conversation)
         return self._score_rows(rows, raw)
 
     def score_raw(self, conversations: list[list[dict]], tools=None) -> torch.Tensor:

@@ -76,7 +76,8 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
     seconds = {}
     for stage, module, extra in (
         ("sft", train_sft, []),
-        ("reward", train_reward, [f"model.name_or_path={sft_final}"]),
+        # The reward model trains from its own fresh tiny backbone, as configs/quickstart/reward.yaml is measured.
+        ("reward", train_reward, []),
         ("ppo", train_ppo, [f"model.name_or_path={sft_final}", f"reward.model_path={rm_final}"]),
     ):
         print(f"\n=== rlagent quickstart: stage {stage} ===", flush=True)

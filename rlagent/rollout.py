@@ -107,7 +107,10 @@ class ModelPolicy:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.max_new_tokens, self.temperature, self.greedy = max_new_tokens, temperature, greedy
         self.reuse_cache = reuse_cache and supports_cache_reuse(model)
-        self.logits_to_keep = "logits_to_keep" in inspect.signature(_base(model).forward).parameters
+        parameters = inspect.signature(_base(model).forward).parameters
+        self.logits_to_keep = "logits_to_keep" in parameters
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes in 5.40).
+        self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         sampling = {} if greedy else {"temperature": temperature, **NEUTRAL_SAMPLING}
         # Used by the model.generate fallback (and benchmarks); the cached decode samples by itself.
         self.generation_config = GenerationConfig(
@@ -164,7 +167,7 @@ class ModelPolicy:
 
     def _forward(self, input_ids, attention, position_ids, cache, **extra) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, **extra)  # fmt: skip
+                         use_cache=True, **{self.cache_kwarg: cache}, **extra)  # fmt: skip
         return out.logits[:, -1]
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:

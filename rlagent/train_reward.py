@@ -29,7 +29,13 @@ import torch
 from reward_models.losses import bradley_terry_loss
 from reward_models.modeling import load_reward_backbone
 from reward_models.pairs import RULES, pair_conversations, read_pairs, rule_negative_pairs
-from reward_models.scoring import NORMALIZATION_FILE, fit_normalization, forward_scores, raw_scores, render_for_reward
+from reward_models.scoring import (
+    NORMALIZATION_FILE,
+    fit_normalization,
+    forward_scores,
+    raw_scores,
+    render_many_for_reward,
+)
 from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
 from rlagent.data import DataError, write_jsonl
 from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_tokenizer
@@ -136,10 +142,12 @@ def load_pairs(cfg: RewardConfig) -> list[dict]:
 def tokenize_pairs(pairs: list[dict], tokenizer, cfg: RewardConfig, stats: dict, prefix: str) -> list[TokenizedPair]:
     """Render both sides; longer than max_length = keep the END (where the score is read) and count it; pairs
     identical once rendered are dropped and counted."""
+    conversations = [conv for pair in pairs for conv in pair_conversations(pair)]  # chosen, rejected, chosen, ...
+    tools = [pair.get("tools") for pair in pairs for _side in range(2)]
+    rendered = render_many_for_reward(tokenizer, conversations, tools)
     out = []
-    for pair in pairs:
-        chosen, rejected = pair_conversations(pair)
-        ids = [render_for_reward(tokenizer, conv, pair.get("tools")) for conv in (chosen, rejected)]
+    for n, pair in enumerate(pairs):
+        ids = rendered[2 * n : 2 * n + 2]
         stats[f"data/{prefix}_truncated"] += max(len(i) for i in ids) > cfg.max_length
         ids = [i[-cfg.max_length :] for i in ids]
         if ids[0] == ids[1]:

@@ -10,7 +10,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 import reward_models
 from reward_models.modeling import build_tiny_reward_model, load_reward_backbone
-from reward_models.scoring import NORMALIZATION_FILE, fit_normalization, render_for_reward, right_pad
+from reward_models.scoring import (
+    NORMALIZATION_FILE,
+    fit_normalization,
+    render_for_reward,
+    render_many_for_reward,
+    right_pad,
+)
 from rlagent.config import ModelConfig, TinyModelConfig
 from rlagent.tiny import EOS, IM_END, IM_START, PAD, TOOL_TOKENS, build_tiny_model, build_tiny_tokenizer
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
@@ -61,6 +67,15 @@ def test_score_read_at_last_real_token_whatever_the_padding(rm_folder, tokenizer
     torch.testing.assert_close(rm.score_ids(right, right_mask, raw=True)[0], alone[0], rtol=0, atol=1e-5)
     # The score sits at the final <|im_end|>: appending the template's trailing "\n" would change it.
     assert tokenizer.decode(ids[-1:]) == IM_END
+
+
+def test_batched_render_equals_one_by_one_and_keeps_tools_apart(tokenizer):
+    convs = conversations(3)
+    batch = [convs[0], convs[1], convs[0], convs[2], convs[0]]  # repeats are rendered once, returned each time
+    tools = [[CALCULATOR_SCHEMA], [CALCULATOR_SCHEMA], None, [CALCULATOR_SCHEMA], [CALCULATOR_SCHEMA]]
+    rows = render_many_for_reward(tokenizer, batch, tools)
+    assert rows == [render_for_reward(tokenizer, c, t) for c, t in zip(batch, tools)]
+    assert rows[0] == rows[4] and rows[0] != rows[2]  # same conversation, different tools: a different render
 
 
 def test_plain_transformers_gives_the_same_raw_scores(rm_folder):
