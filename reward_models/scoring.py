@@ -35,10 +35,13 @@ def render_many_for_reward(tokenizer, conversations: list[list[dict]], tools: li
     tools = tools if tools is not None else [None] * len(conversations)
     texts, index = {}, []
     for messages, conv_tools in zip(conversations, tools):
-        key = json.dumps([messages, conv_tools or None], sort_keys=True, default=str)
+        # No sort_keys: the template's tojson keeps key order, so {"a","b"} and {"b","a"} arguments render apart.
+        key = json.dumps([messages, conv_tools or None], default=str)
         if key not in texts:
             texts[key] = _reward_text(tokenizer, messages, conv_tools)
         index.append(key)
+    if not texts:
+        return []  # tokenizers raise on an empty batch
     encoded = dict(zip(texts, tokenizer(list(texts.values()), add_special_tokens=False).input_ids))
     return [list(encoded[key]) for key in index]
 

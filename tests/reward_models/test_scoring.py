@@ -69,6 +69,14 @@ def test_score_read_at_last_real_token_whatever_the_padding(rm_folder, tokenizer
     assert tokenizer.decode(ids[-1:]) == IM_END
 
 
+def tool_call_message(arguments: dict) -> dict:
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": arguments}}],
+    }
+
+
 def test_batched_render_equals_one_by_one_and_keeps_tools_apart(tokenizer):
     convs = conversations(3)
     batch = [convs[0], convs[1], convs[0], convs[2], convs[0]]  # repeats are rendered once, returned each time
@@ -76,6 +84,11 @@ def test_batched_render_equals_one_by_one_and_keeps_tools_apart(tokenizer):
     rows = render_many_for_reward(tokenizer, batch, tools)
     assert rows == [render_for_reward(tokenizer, c, t) for c, t in zip(batch, tools)]
     assert rows[0] == rows[4] and rows[0] != rows[2]  # same conversation, different tools: a different render
+    # Argument key order is part of the render (tojson keeps it), so it must be part of the dedupe key too.
+    ab, ba = [tool_call_message({"a": 2, "b": 3})], [tool_call_message({"b": 3, "a": 2})]
+    both = render_many_for_reward(tokenizer, [ab, ba])
+    assert both == [render_for_reward(tokenizer, ab), render_for_reward(tokenizer, ba)] and both[0] != both[1]
+    assert render_many_for_reward(tokenizer, []) == []
 
 
 def test_plain_transformers_gives_the_same_raw_scores(rm_folder):
