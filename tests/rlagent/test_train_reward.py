@@ -99,6 +99,17 @@ def test_resume_auto_continues_exactly(tmp_path, pairs_jsonl):
     assert {"eval/accuracy", "eval/margin"} <= summary.keys() and summary["steps"] == 6
 
 
+def test_early_stopping_after_patience_evals_without_improvement(tmp_path, pairs_jsonl):
+    """lr=0 keeps the eval loss flat: best at the first eval (step 2), no gain at 4 and 6: stop at 6, checkpointed."""
+    out = tmp_path / "run"
+    reward(out, pairs_jsonl, *SMALL_MODEL, "max_steps=20", "optim.lr=0", "eval_every=2", "early_stopping_patience=2",
+           "save_every=0")  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["steps"] == 6, summary
+    assert [row["step"] for row in read_metrics(out) if "eval/loss" in row] == [2, 4, 6]
+    assert (out / "final" / "config.json").is_file() and list((out / "checkpoints").glob("*6*"))
+
+
 def test_bad_pairs_file_names_the_line_without_traceback(tmp_path, pairs_jsonl):
     """Through the CLI; every kind of bad line is covered in tests/reward_models/test_pairs.py."""
     pairs = [json.loads(line) for line in open(pairs_jsonl).read().splitlines()[:3]]
