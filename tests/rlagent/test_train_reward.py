@@ -107,7 +107,7 @@ def test_early_stopping_after_patience_evals_without_improvement(tmp_path, pairs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["steps"] == 6, summary
     assert [row["step"] for row in read_metrics(out) if "eval/loss" in row] == [2, 4, 6]
-    assert (out / "final" / "config.json").is_file() and list((out / "checkpoints").glob("*6*"))
+    assert (out / "final" / "config.json").is_file() and (out / "checkpoints" / "step-6" / "COMPLETE").is_file()
 
 
 def test_bad_pairs_file_names_the_line_without_traceback(tmp_path, pairs_jsonl):
