@@ -4,6 +4,7 @@
     .venv/bin/python bench/run_all.py --write              # ... and records the results in bench/RESULTS.md
     .venv/bin/python bench/run_all.py --quick              # ~1-minute smoke run of each
     .venv/bin/python bench/run_all.py --only ppo_vs_trl_ppo --write --wait-idle 600
+    .venv/bin/python bench/run_all.py --only rollout_throughput --write -- --policy runs/quickstart/sft/final
 
 With --write, each benchmark's result lines are appended to bench/results.jsonl with the date, machine (nproc,
 platform, CPU), package versions, load averages before and after, and the exact command; bench/RESULTS.md's
@@ -54,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="before each benchmark, wait up to this long for the 1-min load to drop below nproc/2",
     )
     parser.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.jsonl")
-    return parser.parse_args(argv)
+    parser.add_argument("extra", nargs="*", help="after --: arguments passed to the ONE benchmark named by --only")
+    args = parser.parse_args(argv)
+    if args.extra and len([n for n in args.only.split(",") if n]) != 1:
+        parser.error("arguments after -- need exactly one benchmark in --only")
+    return args
 
 
 def wait_for_idle(limit_s: float) -> None:
@@ -65,9 +70,9 @@ def wait_for_idle(limit_s: float) -> None:
     print(f"-- load {load_1min():.2f} (threshold {threshold:.1f}) after waiting {time.time() - t0:.0f} s", flush=True)
 
 
-def run_benchmark(name: str, quick: bool) -> dict:
+def run_benchmark(name: str, quick: bool, extra: list[str] | None = None) -> dict:
     """Run bench/NAME.py, streaming its output; returns its result lines plus context for the record."""
-    cmd = [sys.executable, os.path.join("bench", f"{name}.py"), *(BENCHMARKS[name] if quick else [])]
+    cmd = [sys.executable, os.path.join("bench", f"{name}.py"), *(BENCHMARKS[name] if quick else []), *(extra or [])]
     record = {
         "name": name,
         "command": " ".join(shlex.quote(c) for c in cmd),
@@ -276,7 +281,7 @@ def main(argv=None) -> None:
     for name in names:
         if args.wait_idle:
             wait_for_idle(args.wait_idle)
-        records.append(run_benchmark(name, args.quick))
+        records.append(run_benchmark(name, args.quick, args.extra))
     print("\n-- summary")
     for record in records:
         status = "ok" if record["returncode"] == 0 else f"FAILED (exit {record['returncode']})"

@@ -17,7 +17,9 @@ Output JSON (also printed as a table):
   several --env, {"envs": [that, ...]}.
 
 A result has success_rate, success_ci95 ([lo, hi], Wilson score interval, z = 1.96), mean_reward, mean_turns,
-tool_calls_per_episode, invalid_tool_call_rate, episodes, successes, env, policy, seed, and diagnostic rates.
+tool_calls_per_episode, invalid_tool_call_rate, episodes, successes, env, policy, seed, diagnostic rates, and (for
+tasks that carry a phrasing id) seen_/unseen_wording_success_rate and _episodes: success on test tasks worded with
+the training templates vs with templates held out for the test split.
 invalid_tool_call_rate = invalid tool-call turns / turns that attempted a tool call: a turn counts as invalid when
 the environment rejected its call (malformed JSON or tags, unknown tool, too many calls, arguments that do not fit
 the schema); it is 0 when no turn attempted a call.
@@ -33,7 +35,15 @@ import time
 import torch
 
 from rlagent.rollout import ModelPolicy
-from rlagent.rollout_cli import add_policy_arguments, console, episode_records, load_policy, play, summarize
+from rlagent.rollout_cli import (
+    add_policy_arguments,
+    console,
+    episode_records,
+    load_policy,
+    play,
+    summarize,
+    wording_cell,
+)
 
 FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
 
@@ -167,6 +177,7 @@ def print_table(rows: list[dict]) -> None:
         "policy",
         "success",
         "95% CI",
+        "seen / unseen wording",
         "reward",
         "turns",
         "tool calls/ep",
@@ -183,6 +194,7 @@ def print_table(rows: list[dict]) -> None:
             str(r["policy"]),
             f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
             f"[{lo:.1%}, {hi:.1%}]",
+            wording_cell(r),
             f"{r['mean_reward']:+.3f}",
             f"{r['mean_turns']:.2f}",
             f"{r['tool_calls_per_episode']:.2f}",

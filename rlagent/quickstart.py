@@ -123,6 +123,8 @@ def print_table(results: dict, seconds: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rlagent.rollout_cli import wording_cell
+
     table = Table(title="rlagent quickstart: held-out (test split) results")
     columns = (
         "environment",
@@ -130,6 +132,7 @@ def print_table(results: dict, seconds: dict) -> None:
         "decoding",
         "success",
         "95% CI",
+        "seen / unseen wording",
         "turns",
         "tool calls/ep",
         "invalid calls",
@@ -148,6 +151,7 @@ def print_table(results: dict, seconds: dict) -> None:
                     decoding,
                     f"{r['success_rate']:.1%}",
                     f"[{lo:.1%}, {hi:.1%}]",
+                    wording_cell(r),
                     f"{r['mean_turns']:.2f}",
                     f"{r['tool_calls_per_episode']:.2f}",
                     f"{r['invalid_tool_call_rate']:.1%}",
@@ -155,6 +159,7 @@ def print_table(results: dict, seconds: dict) -> None:
                 )
     Console(width=max(Console().width, 132)).print(table)  # a pipe or CI log must not squeeze the table
     print("p: two-sided Fisher exact test, PPO vs SFT on the same episodes")
+    print("seen / unseen wording: success on test tasks phrased with training templates / with held-out templates")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
 
 

@@ -189,7 +189,35 @@ def summarize(records: list[dict], generated_tokens: int, seconds: float) -> dic
         "generated_tokens": generated_tokens,
         "seconds": seconds,
         "tokens_per_s": generated_tokens / max(seconds, 1e-9),
+        **wording_breakdown(records),
     }
+
+
+def wording_breakdown(records: list[dict]) -> dict:
+    """Success on tasks worded like training prompts vs in a wording held out for the test split.
+
+    Task phrasing ids of held-out templates end in "*" (envs.tasks.task.phrasing_id): the unseen-wording rate measures
+    generalisation to new wording, the seen-wording rate what training can reach. Empty for tasks without a phrasing.
+    """
+    groups: dict[str, list[bool]] = {"seen": [], "unseen": []}
+    for record in records:
+        phrasing = (record.get("task") or {}).get("phrasing")
+        if phrasing:
+            groups["unseen" if phrasing.endswith("*") else "seen"].append(bool(record["success"]))
+    out = {}
+    for name, outcomes in groups.items():
+        if outcomes:
+            out[f"{name}_wording_episodes"] = len(outcomes)
+            out[f"{name}_wording_success_rate"] = sum(outcomes) / len(outcomes)
+    return out
+
+
+def wording_cell(stats: dict) -> str:
+    """ "seen % / unseen %" success for a table cell ("" when the tasks carry no phrasing)."""
+    rates = [stats.get(f"{name}_wording_success_rate") for name in ("seen", "unseen")]
+    if all(rate is None for rate in rates):
+        return ""
+    return " / ".join("-" if rate is None else f"{rate:.1%}" for rate in rates)
 
 
 def save_jsonl(path: str, records: list[dict]) -> None:
@@ -296,6 +324,7 @@ def print_stats(stats: dict, title: str) -> None:
         f"mean reward {stats['mean_reward']:+.3f} · {stats['generated_tokens']} generated tokens in "
         f"{stats['seconds']:.2f} s ({stats['tokens_per_s']:,.0f} tokens/s) · "
         f"render mismatches {stats['render_mismatch_rate']:.1%}"
+        + (f" · success seen / unseen wording {wording_cell(stats)}" if wording_cell(stats) else "")
     )
 
 

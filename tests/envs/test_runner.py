@@ -1,5 +1,8 @@
 """The tool runner: argument checks, time-outs, exceptions, output bounds; and tool resolution."""
 
+import multiprocessing
+import os
+import threading
 import time
 
 import pytest
@@ -76,3 +79,42 @@ def test_resolve_tool_accepts_names_paths_and_callables():
         resolve_tool("calc")
     with pytest.raises(ValueError, match="does not name a function"):
         resolve_tool("envs.tools:nothing_here")
+
+
+def thread_name_tool() -> str:
+    """Returns the name and id of the thread it runs on."""
+    import threading
+
+    return f"{threading.current_thread().name}:{threading.get_ident()}"
+
+
+def test_back_to_back_calls_reuse_one_worker_thread():
+    first, ok = run_tool(thread_name_tool, {})
+    assert ok and first.startswith("tool-worker:")
+    assert {run_tool(thread_name_tool, {})[0] for _ in range(20)} == {first}
+
+
+def test_a_hung_tool_does_not_block_the_next_calls():
+    gate = threading.Event()
+
+    def stuck() -> str:
+        """Blocks until released."""
+        gate.wait(5)
+        return "late"
+
+    try:
+        hung_on = run_tool(thread_name_tool, {})[0]
+        assert run_tool(stuck, {}, timeout_s=0.1) == ("Error: stuck timed out after 0.1 s", False)
+        start = time.perf_counter()
+        output, ok = run_tool(calculator, {"expression": "6*7"}, timeout_s=0.5)
+        assert (output, ok) == ("42", True) and time.perf_counter() - start < 0.2
+        assert run_tool(thread_name_tool, {})[0] != hung_on  # the stuck worker is not handed new calls
+    finally:
+        gate.set()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_tools_work_in_a_forked_child():
+    run_tool(calculator, {"expression": "1+1"})  # the parent now has an idle worker, which a child would not
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(run_tool, (calculator, {"expression": "2+3"}, 2.0)) == ("5", True)

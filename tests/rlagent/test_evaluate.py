@@ -10,6 +10,7 @@ from rlagent.config import TinyModelConfig
 from rlagent.data import read_conversations, tokenize_conversation
 from rlagent.evaluate import compare, evaluate_policy, wilson_interval
 from rlagent.rollout import TextPolicy
+from rlagent.rollout_cli import wording_breakdown, wording_cell
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"
@@ -68,6 +69,29 @@ def test_evaluate_policy_api_scripted_expert_is_perfect_at_noise_0():
     assert result["success_rate"] == 1.0 and result["episodes"] == 40 and result["invalid_tool_call_rate"] == 0.0
     assert result["success_ci95"] == pytest.approx(list(wilson_interval(40, 40)))
     assert result["split"] == "test" and result["tool_calls_per_episode"] > 1  # multi-hop questions
+    # the test split mixes training and held-out wordings; the expert solves both
+    assert result["seen_wording_episodes"] + result["unseen_wording_episodes"] == 40
+    assert result["unseen_wording_episodes"] > 0 and result["unseen_wording_success_rate"] == 1.0
+
+
+def test_wording_breakdown_by_hand():
+    def record(phrasing, success):
+        return {"task": {"phrasing": phrasing} if phrasing else {}, "success": success}
+
+    # seen: add/0 ok, mul/1 fail, two_ops/2 ok -> 2/3; unseen (trailing "*"): add/3* ok, div/4* fail -> 1/2;
+    # a task without a phrasing counts in neither group.
+    records = [record("add/0", True), record("mul/1", False), record("two_ops/2", True), record("add/3*", True),
+               record("div/4*", False), record(None, True)]  # fmt: skip
+    out = wording_breakdown(records)
+    assert out == {
+        "seen_wording_episodes": 3,
+        "seen_wording_success_rate": pytest.approx(2 / 3),
+        "unseen_wording_episodes": 2,
+        "unseen_wording_success_rate": 0.5,
+    }
+    assert wording_cell(out) == "66.7% / 50.0%"
+    assert wording_cell(wording_breakdown(records[:3])) == "66.7% / -"
+    assert wording_breakdown([record(None, True)]) == {} and wording_cell({}) == ""
 
 
 def test_evaluate_policy_api_model_is_batch_size_independent_when_greedy():

@@ -28,11 +28,13 @@ def test_quickstart_smoke(tmp_path):
             assert 0.0 <= row[policy]["success_rate"] <= 1.0 and row[policy]["episodes"] == 8
             lo, hi = row[policy]["success_ci95"]
             assert lo <= row[policy]["success_rate"] <= hi
+            wordings = [row[policy].get(f"{w}_wording_episodes", 0) for w in ("seen", "unseen")]
+            assert sum(wordings) == 8, row[policy]
         assert 0.0 <= row["p_value"] <= 1.0 and 0.0 <= row["p_value_sampled"] <= 1.0
     for stage in ("sft", "reward", "ppo"):
         assert (tmp_path / stage / "final" / "config.json").is_file()
         assert summary["seconds"][stage] > 0
-    assert "held-out" in proc.stdout and "PPO" in proc.stdout
+    assert "held-out" in proc.stdout and "PPO" in proc.stdout and "unseen wording" in proc.stdout
     # W&B offline: one run per stage; PPO's holds the metrics and the sample-trajectory table.
     for stage in ("sft", "reward", "ppo"):
         assert list((tmp_path / stage / "wandb").glob("offline-run-*/*.wandb")), stage

@@ -13,7 +13,9 @@ from rlagent.rollout import (
     PreallocatedCacheLayer,
     TextPolicy,
     cut_at_eos,
+    encode,
     make_envs,
+    render_env_reply,
     run_episodes,
     sample_categorical,
 )
@@ -198,6 +200,35 @@ def test_expert_episodes_match_a_full_render(tok, env_id):
         ids, mask = episode(traj, i)
         sft = tokenize_conversation(tok, traj.messages[i], traj.tools[i], max_length=10_000)
         assert sft.input_ids[: len(ids)] == ids and sft.assistant_mask[: len(ids)] == mask
+
+
+def test_encode_equals_the_tokenizer_call(tok):
+    texts = ["<|im_start|>tool\n<tool_response>42</tool_response><|im_end|>\n<|im_start|>assistant\n",
+             "héllo  wörld 12345 <tool_call>{}", "", " leading space\n\n"]  # fmt: skip
+    assert tok.is_fast
+    for text in texts:
+        assert encode(tok, text) == tok(text, add_special_tokens=False).input_ids
+
+
+def test_env_reply_fast_path_equals_the_two_render_delta(tok, monkeypatch):
+    """With the context given, one render is used when the context decodes to a prefix of it; either way the reply
+    tokens are the same, and a context the template would not produce falls back to the two-render delta."""
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "2+3"}}}
+    history = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "tool_calls": [call]}]
+    env = [{"role": "tool", "name": "calculator", "content": "5"}]
+    tools = make_envs(CALC, 1)[0].reset(seed=0)[1]["tools"]
+    rendered = tok.apply_chat_template(history, tools=tools, tokenize=False)
+    context = tok(rendered[: rendered.rindex(tok.eos_token)], add_special_tokens=False).input_ids + [tok.eos_token_id]
+    full = tok.apply_chat_template(history + env, tools=tools, tokenize=False, add_generation_prompt=True)
+    renders = []
+    render = tok.apply_chat_template
+    monkeypatch.setattr(tok, "apply_chat_template", lambda *a, **k: renders.append(1) or render(*a, **k))
+    slow = render_env_reply(tok, history, env, tools)
+    assert len(renders) == 2
+    assert render_env_reply(tok, history, env, tools, context=context) == slow and len(renders) == 3
+    assert tok.decode(context + slow) == full
+    odd = tok(rendered.replace('"2+3"', '"2+3" '), add_special_tokens=False).input_ids  # not what the template writes
+    assert render_env_reply(tok, history, env, tools, context=odd) == slow and len(renders) == 5
 
 
 def test_oddly_spaced_tool_call_is_reported_but_the_episode_continues(tok):
