@@ -91,7 +91,7 @@ def run_benchmark(name: str, quick: bool, extra: list[str] | None = None) -> dic
     record["results"] = parse_results("\n".join(lines))
     if not record["results"]:
         # A benchmark without result lines (rollout_throughput.py prints plain text): keep its last lines verbatim.
-        record["output_tail"] = [line for line in lines if line.strip() and "Writing model shards" not in line][-6:]
+        record["output_tail"] = [line for line in lines if line.strip() and "Writing model shards" not in line][-7:]
     return record
 
 

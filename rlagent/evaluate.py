@@ -177,7 +177,7 @@ def print_table(rows: list[dict]) -> None:
         "policy",
         "success",
         "95% CI",
-        "seen / unseen wording",
+        "seen / unseen",
         "reward",
         "turns",
         "tool calls/ep",

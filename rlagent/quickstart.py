@@ -132,7 +132,7 @@ def print_table(results: dict, seconds: dict) -> None:
         "decoding",
         "success",
         "95% CI",
-        "seen / unseen wording",
+        "seen / unseen",
         "turns",
         "tool calls/ep",
         "invalid calls",
