@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache, GenerationConfig, TokenizersBackend
 from transformers.cache_utils import DynamicLayer
 
 
@@ -380,7 +380,8 @@ def render_env_reply(tokenizer, history: list[dict], env_messages: list[dict], t
     `context`, the episode's token ids so far (ending with that end-of-turn), enables a fast path that renders once
     instead of twice: when the fresh render of history + env messages starts with the decoded context, the delta is
     the rest of it, and context + delta decodes to exactly that render. Otherwise (e.g. the policy wrote a tool call
-    the template renders differently) the two-render delta is used.
+    the template renders differently) the two-render delta is used, with its check that the template is prefix-stable
+    (the fast path needs no such check: its result always makes the context read as a fresh render).
     """
     after = tokenizer.apply_chat_template(
         history + env_messages, tools=tools, tokenize=False, add_generation_prompt=True
@@ -409,10 +410,22 @@ def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     a call, and the prompts, environment replies and final render checks are a fifth of the engine's time outside
     generation.
     """
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _direct_backend(tokenizer)
     if backend is None:
-        return [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+        return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
     return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _direct_backend(tokenizer):
+    """The Rust tokenizer, when calling it directly gives what the Python wrapper would give; else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None  # settings stored in tokenizer.json (v4 checkpoints): the wrapper switches them off first
+    if backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False)):
+        return None
+    if type(tokenizer)._encode_plus is not TokenizersBackend._encode_plus:
+        return None  # a subclass that rewrites the text first (e.g. CodeLlama's infilling tokens)
+    return backend
 
 
 def render_mismatches(tokenizer, episodes: list[_Episode]) -> list[bool]:

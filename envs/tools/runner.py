@@ -6,6 +6,7 @@ names or types, exceptions, hanging) becomes an `Error: ...` string that the age
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import os
@@ -25,10 +26,10 @@ def check_arguments(fn: Callable, arguments: object) -> str | None:
     name = getattr(fn, "__name__", "tool")
     if not isinstance(arguments, dict):
         return f"Error: arguments for {name} must be an object"
-    signature, hints = _signature_and_hints(fn)
     try:
+        signature, hints = _signature_and_hints(fn)
         signature.bind(**arguments)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: a callable without a signature
         return f"Error: bad arguments for {name}: {exc}"
     for key, value in arguments.items():
         expected = _CHECKED_TYPES.get(hints.get(key))
@@ -98,7 +99,9 @@ class _WorkerPool:
         while True:
             fn, arguments, future = jobs.get()
             try:
-                result, exc = fn(**arguments), None
+                # A fresh context per call, as a new thread would have: a tool that changes e.g. decimal's
+                # precision must not change it for the next call (threading.local state does carry over).
+                result, exc = contextvars.Context().run(fn, **arguments), None
             except BaseException as error:  # the worker must report every failure, not die silently
                 result, exc = None, error
             with self._lock:  # idle again BEFORE the caller wakes up, so back-to-back calls reuse this thread

@@ -118,3 +118,37 @@ def test_tools_work_in_a_forked_child():
     run_tool(calculator, {"expression": "1+1"})  # the parent now has an idle worker, which a child would not
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply(run_tool, (calculator, {"expression": "2+3"}, 2.0)) == ("5", True)
+
+
+def decimal_tool(precision: int) -> str:
+    """Divides 1 by 7 with decimal, optionally changing the context's precision first.
+
+    Args:
+        precision: New precision, or 0 to keep the current one.
+    """
+    import decimal
+
+    if precision:
+        decimal.getcontext().prec = precision
+    return str(decimal.Decimal(1) / decimal.Decimal(7))
+
+
+def test_a_call_does_not_leak_context_into_the_next():
+    assert run_tool(decimal_tool, {"precision": 3}) == ("0.143", True)
+    assert run_tool(decimal_tool, {"precision": 0}) == ("0.1428571428571428571428571429", True)
+
+
+class NoSignature:
+    """A callable whose signature cannot be read."""
+
+    @property
+    def __signature__(self):
+        raise TypeError("no signature here")
+
+    def __call__(self, **kwargs) -> str:
+        return "called"
+
+
+def test_a_tool_without_a_readable_signature_is_an_error_not_a_crash():
+    output, ok = run_tool(NoSignature(), {"x": 1})
+    assert not ok and output.startswith("Error: bad arguments for tool")

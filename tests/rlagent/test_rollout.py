@@ -1,6 +1,8 @@
 """The batched multi-turn engine: policy masks by hand, batched == sequential under greedy decoding, chat-template
 render checks, malformed calls, missing EOS and the token budget."""
 
+import copy
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from rlagent.rollout import (
     TextPolicy,
     cut_at_eos,
     encode,
+    encode_many,
     make_envs,
     render_env_reply,
     run_episodes,
@@ -208,6 +211,17 @@ def test_encode_equals_the_tokenizer_call(tok):
     assert tok.is_fast
     for text in texts:
         assert encode(tok, text) == tok(text, add_special_tokens=False).input_ids
+
+
+def test_encode_ignores_truncation_and_padding_stored_in_the_backend(tok):
+    """v4-era tokenizer.json files can carry truncation/padding; the tokenizer call switches them off, so must we."""
+    stored = copy.deepcopy(tok)
+    stored.backend_tokenizer.enable_truncation(max_length=4)
+    stored.backend_tokenizer.enable_padding(pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    texts = ["What is 12 plus 34?", "Hi"]
+    expected = [tok(text, add_special_tokens=False).input_ids for text in texts]
+    assert len(expected[0]) > 4
+    assert encode_many(stored, texts) == expected and encode(stored, texts[1]) == expected[1]
 
 
 def test_env_reply_fast_path_equals_the_two_render_delta(tok, monkeypatch):
