@@ -21,6 +21,8 @@ import warnings
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from rlagent.rollout import encode_many
+
 NORMALIZATION_FILE = "reward_normalization.json"
 
 
@@ -40,9 +42,7 @@ def render_many_for_reward(tokenizer, conversations: list[list[dict]], tools: li
         if key not in texts:
             texts[key] = _reward_text(tokenizer, messages, conv_tools)
         index.append(key)
-    if not texts:
-        return []  # tokenizers raise on an empty batch
-    encoded = dict(zip(texts, tokenizer(list(texts.values()), add_special_tokens=False).input_ids))
+    encoded = dict(zip(texts, encode_many(tokenizer, list(texts.values()))))
     return [list(encoded[key]) for key in index]
 
 

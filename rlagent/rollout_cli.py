@@ -317,6 +317,7 @@ def print_transcript(record: dict, tokenizer, index: int, show_tokens: bool = Fa
 
 def print_stats(stats: dict, title: str) -> None:
     """The one-line summary printed after the transcripts."""
+    wording = wording_cell(stats)
     console().print(
         f"[bold]{title}[/bold]: {stats['episodes']} episodes · success {stats['success_rate']:.1%} · "
         f"mean turns {stats['mean_turns']:.2f} · tool calls {stats['tool_calls_per_episode']:.2f}/episode · "
@@ -324,7 +325,7 @@ def print_stats(stats: dict, title: str) -> None:
         f"mean reward {stats['mean_reward']:+.3f} · {stats['generated_tokens']} generated tokens in "
         f"{stats['seconds']:.2f} s ({stats['tokens_per_s']:,.0f} tokens/s) · "
         f"render mismatches {stats['render_mismatch_rate']:.1%}"
-        + (f" · success seen / unseen wording {wording_cell(stats)}" if wording_cell(stats) else "")
+        + (f" · success seen / unseen wording {wording}" if wording else "")
     )
 
 
