@@ -1,12 +1,23 @@
 """`ToolUseEnv`: a multi-turn Gymnasium environment where the action is an assistant message (text).
 
 An episode: reset() poses a task; each step() takes one assistant turn. A turn with tool calls runs the tools
-and returns their output as the observation; a malformed call or an unknown tool returns an `Error: ...`
-observation and a small penalty; a turn without a tool call is the final answer and ends the episode (reward
-`correct` or `wrong`); reaching `max_turns` without an answer truncates it (reward `truncated` added).
+and returns their output as the observation; a turn without a tool call is the final answer and ends the episode
+(reward `correct` or `wrong`); reaching `max_turns` without an answer truncates it (reward `truncated` added).
+
+Invalid turns. The environment answers a turn it rejects with an `Error: ...` observation and the `invalid_call`
+reward, sets `info["invalid_tool_call"]`, and the episode goes on (the turn counts toward `max_turns`):
+  - a malformed call (bad JSON, unclosed or stray tags), an unknown tool, or too many calls in one turn;
+  - a well-formed call the tool rejects: arguments that do not fit its signature, or a tool that returns an
+    `Error: ...` string, raises or times out (e.g. `calculator("9**9**9")`). Such a call is recorded as a
+    structured tool call and the tool's error text is its output, so the agent sees why; the turn is invalid
+    if any of its calls failed. Rejected input is the agent's mistake, so it is shaped and counted as one;
+  - an action longer than MAX_ACTION_CHARS (the action space's bound): nothing in it is run or graded, the
+    recorded assistant message is cut to the limit and `info["action_truncated"]` is True.
 
 `info["messages"]` is the chat history in Hugging Face format and `info["env_messages"]` the messages this step
 appended after the assistant message: the rollout engine renders exactly those through the chat template.
+Every step's info has the keys messages, env_messages, reward_components, success, tool_calls, invalid_tool_call,
+action_truncated and turn.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from envs.grading import is_correct
 from envs.parsing import ParsedAction, parse_assistant
 from envs.tasks import FAMILIES, Task, levels, sample_task
 from envs.tasks.task import check_split
-from envs.tools import check_arguments, resolve_tool, run_tool, tool_schema
+from envs.tools import resolve_tool, run_tool, tool_schema
 from envs.tools.knowledge_base import get_knowledge_base
 from envs.tools.search import DEFAULT_TOP_K, search, with_top_k
 
@@ -103,12 +114,13 @@ class ToolUseEnv(gym.Env[str, str]):
         if not isinstance(action, str):
             raise TypeError(f"action must be the assistant's text (str), got {type(action).__name__}")
         self._turn += 1
-        parsed = parse_assistant(action)
-        if parsed.error is None and not parsed.tool_calls:
-            turn = self._final_answer(action)
+        action_truncated = len(action) > MAX_ACTION_CHARS
+        if action_truncated:
+            # Cut before parsing: an over-long reply is never run or graded, and the history stays bounded.
+            problem = f"reply longer than {MAX_ACTION_CHARS} characters; nothing in it was run or graded"
+            turn = self._invalid_turn(action[:MAX_ACTION_CHARS], problem)
         else:
-            problem = parsed.error or self._call_problem(parsed)
-            turn = self._invalid_turn(action, problem) if problem else self._tool_turn(parsed)
+            turn = self._play(action)
         truncated = not turn.terminated and self._turn >= self.max_turns
         if truncated:
             turn.components["truncated"] = self.rewards["truncated"]
@@ -121,6 +133,7 @@ class ToolUseEnv(gym.Env[str, str]):
             "success": turn.success,
             "tool_calls": turn.n_calls,
             "invalid_tool_call": turn.invalid,
+            "action_truncated": action_truncated,
             "turn": self._turn,
         }
         return turn.observation, float(sum(turn.components.values())), turn.terminated, truncated, info
@@ -132,6 +145,14 @@ class ToolUseEnv(gym.Env[str, str]):
         return "\n".join(_render_message(message) for message in self._messages)
 
     # ----- the three kinds of turn -------------------------------------------------------------------------
+
+    def _play(self, action: str) -> _Turn:
+        """A final answer (no tool call), an invalid turn (a call that cannot run), or a tool turn."""
+        parsed = parse_assistant(action)
+        if parsed.error is None and not parsed.tool_calls:
+            return self._final_answer(action)
+        problem = parsed.error or self._call_problem(parsed)
+        return self._invalid_turn(action, problem) if problem else self._tool_turn(parsed)
 
     def _final_answer(self, action: str) -> _Turn:
         success = is_correct(self._task, action, self._known_names)
@@ -152,24 +173,22 @@ class ToolUseEnv(gym.Env[str, str]):
         calls = parsed.tool_calls
         # Share the observation budget between calls so the joined observation equals the tool messages.
         budget = max(1, (self.max_observation_chars - (len(calls) - 1)) // len(calls))
-        outputs, bad_arguments = [], False
+        outputs, failed = [], False
         for call in calls:
-            fn = self.tools[call["name"]]
-            bad_arguments |= check_arguments(fn, call["arguments"]) is not None
-            output, _ = run_tool(fn, call["arguments"], self.tool_timeout_s, budget)
+            output, ok = run_tool(self.tools[call["name"]], call["arguments"], self.tool_timeout_s, budget)
             outputs.append(self._fit(output, budget))
+            failed |= not ok
         assistant = {
             "role": "assistant",
             "content": parsed.content,
             "tool_calls": [{"type": "function", "function": call} for call in calls],
         }
         tool_messages = [{"role": "tool", "name": c["name"], "content": out} for c, out in zip(calls, outputs)]
-        # A call whose arguments do not fit the schema is an invalid call, even though it is well-formed.
-        key = "invalid_call" if bad_arguments else "valid_call"
+        # A well-formed call the tool rejected (bad arguments, an "Error:" result, an exception, a time-out) is an
+        # invalid call: the input was the agent's mistake. Its error text is still the tool message the agent sees.
+        key = "invalid_call" if failed else "valid_call"
         components = {key: self.rewards[key]}
-        return _Turn(
-            "\n".join(outputs), assistant, tool_messages, components, n_calls=len(calls), invalid=bad_arguments
-        )
+        return _Turn("\n".join(outputs), assistant, tool_messages, components, n_calls=len(calls), invalid=failed)
 
     # ----- helpers -----------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Checks a final answer against the task's target.
 
-Numbers: the LAST number in the text must equal the target (commas and decimals parsed, relative tolerance 1e-6),
+Numbers: the LAST number in the text must equal the target (commas, decimals and the calculator's scientific notation
+such as "3.3e-7" parsed; relative tolerance 1e-6),
 so "The answer is 12" is wrong for 120 and a hedge that ends on a different number is wrong. Names: the LAST
 known entity name mentioned (case and punctuation ignored) must be the target, so answering with the bridge
 entity of a two-hop question, or listing the right name before a wrong one, is wrong.
@@ -18,11 +19,11 @@ from envs.tools.knowledge_base import get_knowledge_base, tokenize
 MAX_GRADED_CHARS = 2000
 RELATIVE_TOLERANCE = 1e-6
 # A minus sign counts only when it cannot be a binary operator ("5-3" is 5 and 3; "is -3" is -3).
-NUMBER = re.compile(r"(?:(?<![\w)\].])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+NUMBER = re.compile(r"(?:(?<![\w)\].])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 def find_numbers(text: str) -> list[float]:
-    """Every number in `text`, in order; "1,234.5" is one number."""
+    """Every number in `text`, in order; "1,234.5" and "3.3e-7" are one number each."""
     return [float(match.replace(",", "")) for match in NUMBER.findall(text)]
 
 

@@ -3,6 +3,15 @@
 Every input is bounded before Python's parser sees it (length, parenthesis depth) because the parser itself
 recurses; every operation is bounded before it runs (operand magnitude, exponent size, result magnitude), so
 hostile inputs such as `9**9**9**9` or 10 000 nested parentheses return an `Error:` string in microseconds.
+Only ASCII is accepted: Unicode digits (Arabic-Indic, fullwidth) get an error naming the character, not a guess.
+
+Results print with up to SIGNIFICANT_DIGITS significant digits, not a fixed number of decimals, so small values
+survive (`1/3000000` is `3.33333333333e-7`, `2**-64` is `5.42101086243e-20`) and float noise does not show
+(`0.1+0.2` is `0.3`); whole numbers print as integers (`84/4` is `21`), and values below 1e-4 or at or above 1e12
+in scientific notation. The graders read that notation, so an answer copied from the calculator is graded as the
+value the calculator computed.
+
+An `Error:` result means the expression was rejected; the environment counts such a call as an invalid tool call.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 
 MAX_EXPRESSION_CHARS = 200
 MAX_PAREN_DEPTH = 20
@@ -17,7 +27,7 @@ MAX_AST_NODES = 400
 MAX_MAGNITUDE = 1e12
 MAX_EXPONENT = 64
 MAX_OUTPUT_CHARS = 40
-DECIMALS = 6
+SIGNIFICANT_DIGITS = 12
 
 Number = int | float
 
@@ -57,6 +67,10 @@ def evaluate(expression: str) -> Number:
     text = expression.strip()
     if not text:
         raise CalculatorError("empty expression")
+    if not text.isascii():
+        # Python's parser rejects most non-ASCII digits with a bare "invalid syntax"; name the culprit instead.
+        culprit = next(char for char in text if not char.isascii())
+        raise CalculatorError(f"non-ASCII character U+{ord(culprit):04X}; write numbers with the digits 0-9")
     if paren_depth(text) > MAX_PAREN_DEPTH:
         raise CalculatorError(f"more than {MAX_PAREN_DEPTH} nested parentheses")
     try:
@@ -146,12 +160,22 @@ def _check_magnitude(value: Number) -> Number:
 
 
 def format_number(value: Number) -> str:
-    """Integers without ".0"; other floats rounded to at most DECIMALS decimals, trailing zeros dropped."""
+    """Integers as integers; other floats with up to SIGNIFICANT_DIGITS significant digits, e.g. "3.33333333333e-7".
+
+    The "g" format drops trailing zeros and switches to scientific notation below 1e-4 and at 1e12; the exponent
+    is written without "+" and leading zeros ("1e12", "5e-7"), which is shorter for a byte-level model.
+    """
     if isinstance(value, float) and value.is_integer():
-        value = int(value)
+        value = int(value)  # also turns -0.0 into 0
     if isinstance(value, int):
         text = str(value)
     else:
-        text = f"{value:.{DECIMALS}f}".rstrip("0").rstrip(".")
-        text = "0" if text in ("-0", "") else text
+        text = _EXPONENT.sub(_short_exponent, f"{value:.{SIGNIFICANT_DIGITS}g}")
     return text if len(text) <= MAX_OUTPUT_CHARS else "Error: result is too long"
+
+
+_EXPONENT = re.compile(r"e([-+])0*(\d+)$")
+
+
+def _short_exponent(match: re.Match) -> str:
+    return "e" + ("-" if match.group(1) == "-" else "") + match.group(2)

@@ -48,12 +48,14 @@ class KnowledgeBase:
     entities: list[Entity]
     by_name: dict[str, Entity] = field(init=False, repr=False)
     name_tokens: list[tuple[str, ...]] = field(init=False, repr=False)
+    name_words: frozenset[str] = field(init=False, repr=False)
     snippet_tokens: list[set[str]] = field(init=False, repr=False)
     idf: dict[str, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_name = {entity.name: entity for entity in self.entities}
         self.name_tokens = [tuple(tokenize(entity.name)) for entity in self.entities]
+        self.name_words = frozenset(word for tokens in self.name_tokens for word in tokens)
         self.snippet_tokens = [set(tokenize(entity.snippet)) for entity in self.entities]
         counts = Counter(token for tokens in self.snippet_tokens for token in tokens)
         # Rare words (names) should outweigh common ones ("city", "population") when search scores overlap.

@@ -2,6 +2,11 @@
 
 Tools are plain Python functions, possibly written by users, so everything that can go wrong (wrong argument
 names or types, exceptions, hanging) becomes an `Error: ...` string that the agent sees as the tool's output.
+
+A tool rejects input it cannot use by RETURNING a string that starts with `Error:` (the built-in tools never
+raise). `run_tool` reports such a call as failed (`ok` False) just like one that raised or timed out: the
+environment counts every failed call as an invalid tool call, so a tool whose failure is not the caller's fault
+should return a normal message instead (as `search` does with "No results ...").
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 # Only plain JSON-like annotations are type-checked; anything fancier is left to the tool itself.
 _CHECKED_TYPES: dict[object, tuple[type, ...]] = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}
+ERROR_PREFIX = "Error:"
 
 
 def check_arguments(fn: Callable, arguments: object) -> str | None:
@@ -40,7 +46,11 @@ def check_arguments(fn: Callable, arguments: object) -> str | None:
 
 
 def run_tool(fn: Callable, arguments: dict, timeout_s: float = 1.0, max_output_chars: int = 300) -> tuple[str, bool]:
-    """Call `fn(**arguments)` in a worker thread; returns (output, ok) and never raises for tool errors."""
+    """Call `fn(**arguments)` in a worker thread; returns (output, ok) and never raises for tool errors.
+
+    ok is False when the call failed: arguments that do not fit the signature, an exception, a time-out, or an
+    output starting with "Error:" (the tool rejected its input).
+    """
     name = getattr(fn, "__name__", "tool")
     problem = check_arguments(fn, arguments)
     if problem is not None:
@@ -51,9 +61,11 @@ def run_tool(fn: Callable, arguments: dict, timeout_s: float = 1.0, max_output_c
     except FutureTimeout:
         return truncate(f"Error: {name} timed out after {timeout_s:g} s", max_output_chars), False
     if exc is not None:
-        return truncate(f"Error: {name} failed: {type(exc).__name__}: {exc}", max_output_chars), False
-    result = future.result()
-    return truncate(result if isinstance(result, str) else str(result), max_output_chars), True
+        return truncate(f"Error: {name} failed: {type(exc).__name__}: {_text(exc) or ''}", max_output_chars), False
+    output = _text(future.result())
+    if output is None:
+        return truncate(f"Error: {name} returned a value that cannot be printed", max_output_chars), False
+    return truncate(output, max_output_chars), not output.startswith(ERROR_PREFIX)
 
 
 def truncate(text: str, max_chars: int) -> str:
@@ -61,6 +73,20 @@ def truncate(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     return text[: max(0, max_chars - 3)] + "..."[:max_chars]
+
+
+def _text(value: object) -> str | None:
+    """str(value), or None when that raises.
+
+    A user tool may return an int past Python's 4300-digit str() limit, or an object (or raise an exception) whose
+    __str__ fails; neither may crash the episode.
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return None
 
 
 def _start(fn: Callable, arguments: dict) -> Future:

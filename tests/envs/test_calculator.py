@@ -19,11 +19,20 @@ CASES = [
     ("84/4", "21"),
     ("5/2", "2.5"),
     ("7/2", "3.5"),
-    ("1/3", "0.333333"),
-    ("2/3", "0.666667"),
+    ("1/3", "0.333333333333"),  # 12 significant digits
+    ("2/3", "0.666666666667"),
+    ("-1/3", "-0.333333333333"),
+    ("1/8", "0.125"),
     ("2**10", "1024"),
     ("2**-1", "0.5"),
-    ("2**0.5", "1.414214"),
+    ("2**0.5", "1.41421356237"),
+    ("1/3000000", "3.33333333333e-7"),  # small values keep their digits (six fixed decimals printed 0)
+    ("2**-64", "5.42101086243e-20"),
+    ("0.0001", "0.0001"),
+    ("1/100000", "1e-5"),  # scientific notation below 1e-4
+    ("100000000000+0.5", "100000000000"),  # 12 significant digits: the .5 is the 13th
+    ("999999999999.5*1", "1e12"),  # rounds up to 1e12, printed in scientific notation
+    ("0.1*3", "0.3"),  # no float noise (0.30000000000000004)
     ("(78+51)*99", "12771"),
     ("2+3*4", "14"),
     ("(2+3)*4", "20"),
@@ -69,6 +78,10 @@ HOSTILE = {
     "not a string": 42,
     "walrus": "(x:=1)",
     "subscript": "[1][0]",
+    "arabic-indic digits": "\u0661\u0662+\u0663",
+    "fullwidth digits": "\uff11\uff12*\uff13",
+    "dunder class": "().__class__",
+    "dunder subclasses": "().__class__.__bases__[0].__subclasses__()",
 }
 
 
@@ -81,11 +94,19 @@ def test_hostile_input_is_a_fast_error(name):
     assert elapsed < 0.1, f"{name} took {elapsed:.3f} s"
 
 
+def test_unicode_digits_are_named_in_the_error():
+    assert calculator("\u0661\u0662+1") == "Error: non-ASCII character U+0661; write numbers with the digits 0-9"
+
+
 def test_format_number():
     assert format_number(68) == "68"
     assert format_number(2.0) == "2"
-    assert format_number(-0.0000001) == "0"
-    assert format_number(123.4567891) == "123.456789"
+    assert format_number(-0.0) == "0"
+    assert format_number(-0.0000001) == "-1e-7"
+    assert format_number(123.4567891) == "123.4567891"
+    assert format_number(1e12) == "1000000000000"  # a whole float prints as an integer
+    assert format_number(0.1 + 0.2) == "0.3"
+    assert format_number(5e-324) == "4.94065645841e-324"
 
 
 def test_schema_comes_from_the_docstring():

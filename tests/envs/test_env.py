@@ -79,6 +79,8 @@ def test_valid_call_then_correct_answer():
     assert info["env_messages"] == [{"role": "tool", "name": "calculator", "content": "68"}]
     assert info["messages"][-1] == info["env_messages"][0]
     assert info["tool_calls"] == 1 and not info["invalid_tool_call"] and info["reward_components"] == {"valid_call": 0}
+    assert set(info) == {"messages", "env_messages", "reward_components", "success", "tool_calls",
+                         "invalid_tool_call", "action_truncated", "turn"}  # fmt: skip
     observation, reward, terminated, truncated, info = env.step("The answer is 68.")
     assert (reward, terminated, truncated, info["success"]) == (1.0, True, False, True)
     assert info["messages"][-1] == {"role": "assistant", "content": "The answer is 68."} and info["env_messages"] == []
@@ -239,19 +241,57 @@ def test_any_action_text_is_handled(family, seed, actions):
             break
 
 
-HOSTILE = {
-    "tower": "9**9**9**9",
-    "power": "10**100000",
-    "parens": "(" * 10_000 + "1" + ")" * 10_000,
-    "1MB": "x" * 10**6,
-}
+HOSTILE = {"tower": "9**9**9**9", "power": "10**100000", "dunder": "().__class__", "unicode digits": "\u0661+1"}
 
 
 @pytest.mark.parametrize("expression", list(HOSTILE.values()), ids=list(HOSTILE))
-def test_hostile_calculator_calls_through_the_env(expression):
+def test_a_call_the_tool_rejects_is_an_invalid_call(expression):
     env = make_calc()
     env.reset(seed=0)
+    action = format_tool_call("calculator", {"expression": expression})
     start = time.perf_counter()
-    observation, reward, _, _, info = env.step(format_tool_call("calculator", {"expression": expression}))
-    assert observation.startswith("Error:") and time.perf_counter() - start < 0.1
-    assert reward == 0.0 and not info["invalid_tool_call"]  # a well-formed call; the tool reports the problem
+    observation, reward, terminated, _, info = env.step(action)
+    assert time.perf_counter() - start < 0.1
+    assert observation.startswith("Error:") and info["env_messages"][0]["content"] == observation
+    assert (reward, terminated, info["invalid_tool_call"], info["tool_calls"]) == (-0.1, False, True, 1)
+    assert info["reward_components"] == {"invalid_call": -0.1}
+    # Still recorded as the structured call it was (the template renders it as the model wrote it).
+    assert info["messages"][-2]["tool_calls"][0]["function"]["arguments"] == {"expression": expression}
+
+
+def test_one_rejected_call_makes_the_turn_invalid():
+    env = make_calc()
+    env.reset(seed=0)
+    observation, reward, _, _, info = env.step(CALL + format_tool_call("calculator", {"expression": "1/0"}))
+    assert observation == "68\nError: division by zero" and reward == -0.1 and info["invalid_tool_call"]
+
+
+def test_no_results_is_a_valid_search():
+    env = ToolUseEnv("knowledge")
+    env.reset(seed=0)
+    observation, reward, _, _, info = env.step(format_tool_call("search", {"query": "zzz in qqq"}))
+    assert observation.startswith("No results") and reward == 0.0 and not info["invalid_tool_call"]
+    observation, reward, _, _, info = env.step(format_tool_call("search", {"query": "?!"}))
+    assert observation == "Error: empty query" and reward == -0.1 and info["invalid_tool_call"]
+
+
+@pytest.mark.parametrize("length", [envs.env.MAX_ACTION_CHARS + 1, 200_000])
+def test_an_action_over_the_limit_is_an_invalid_turn_cut_to_the_limit(length):
+    env = make_calc()
+    _, info = env.reset(seed=0)
+    # A correct final answer padded past the limit: it must not be graded (nor a call in it run).
+    action = (CALL + f"The answer is {info['task']['answer']}.").rjust(length)
+    observation, reward, terminated, truncated, info = env.step(action)
+    assert observation == "Error: reply longer than 4096 characters; nothing in it was run or graded"
+    assert (reward, terminated, truncated) == (-0.1, False, False)
+    assert info["action_truncated"] and info["invalid_tool_call"] and info["tool_calls"] == 0
+    assert info["messages"][-2] == {"role": "assistant", "content": action[: envs.env.MAX_ACTION_CHARS]}
+    assert env.action_space.max_length == envs.env.MAX_ACTION_CHARS == 4096
+
+
+def test_an_action_at_the_limit_is_played():
+    env = make_calc()
+    env.reset(options={"task": dataclasses.replace(sample_task("arithmetic", 0, "train", 1), answer="68")})
+    action = "The answer is 68.".rjust(envs.env.MAX_ACTION_CHARS)
+    _, reward, terminated, _, info = env.step(action)
+    assert (reward, terminated, info["success"], info["action_truncated"]) == (1.0, True, True, False)

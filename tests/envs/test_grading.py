@@ -1,9 +1,12 @@
 """Final-answer checking: last number for numeric targets, last known name for name targets."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from envs.grading import find_numbers, is_correct
 from envs.tasks import Task
+from envs.tools.calculator import format_number
 from envs.tools.knowledge_base import get_knowledge_base
 
 
@@ -21,6 +24,10 @@ def task(answer, kind):
         ("The answer is 1,234.", "1234", True),
         ("The answer is 2.5", "2.5", True),
         ("The answer is 2.50000001", "2.5", True),
+        ("The answer is 1e3.", "1000", True),  # the calculator's scientific notation
+        ("The answer is 3.33333333333e-7", "0.000000333333333333", True),
+        ("The answer is 1.2E5", "120000", True),
+        ("The answer is 1e3", "3", False),
         ("The answer is -3.", "-3", True),
         ("5-3 gives 2", "2", True),
         ("It is 68, or maybe 69.", "68", False),
@@ -59,3 +66,15 @@ def test_names_default_to_the_knowledge_base():
 
 def test_find_numbers():
     assert find_numbers("1,234.5 and 12,345 then 7.") == [1234.5, 12345.0, 7.0]
+    assert find_numbers("5e-7, 2E+3, 1e12 and 3-2") == [5e-7, 2e3, 1e12, 3.0, 2.0]
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.floats(-1e12, 1e12, allow_nan=False) | st.integers(-(10**12), 10**12))
+def test_a_calculator_result_copied_as_the_answer_reads_back_as_its_value(value):
+    shown = format_number(value)
+    read = find_numbers(f"The answer is {shown}.")[-1]
+    # 12 significant digits: rounding moves the value by at most half a unit in the 12th digit, i.e. by 5e-12 of
+    # it; the 0.0001 allows for the float parse's own rounding (~1e-16).
+    assert abs(read - value) <= 5.0001e-12 * abs(value)
+    assert is_correct(task(shown, "number"), f"The answer is {shown}.")

@@ -160,3 +160,35 @@ class NoSignature:
 def test_a_tool_without_a_readable_signature_is_an_error_not_a_crash():
     output, ok = run_tool(NoSignature(), {"x": 1})
     assert not ok and output.startswith("Error: bad arguments for tool")
+
+
+def test_an_error_string_from_the_tool_is_a_failed_call():
+    assert run_tool(calculator, {"expression": "9**9**9"}) == ("Error: exponent larger than 64", False)
+    assert run_tool(calculator, {"expression": "1/3000000"}) == ("3.33333333333e-7", True)
+
+
+def huge_int_tool() -> int:
+    """Returns an int too long for str() (Python limits int-to-str conversion to 4300 digits)."""
+    return 10**5000
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def unprintable_tool() -> object:
+    """Returns an object whose str() raises."""
+    return BadStr()
+
+
+def raises_unprintable_tool() -> str:
+    """Raises an exception whose str() raises."""
+    raise BadStr()
+
+
+def test_results_and_exceptions_that_cannot_be_printed_are_errors():
+    for tool in (huge_int_tool, unprintable_tool):
+        output, ok = run_tool(tool, {})
+        assert (output, ok) == (f"Error: {tool.__name__} returned a value that cannot be printed", False)
+    assert run_tool(raises_unprintable_tool, {}) == ("Error: raises_unprintable_tool failed: BadStr: ", False)

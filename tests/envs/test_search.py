@@ -3,7 +3,7 @@
 from transformers.utils import get_json_schema
 
 from envs.tools import search
-from envs.tools.knowledge_base import build_knowledge_base, get_knowledge_base, tokenize
+from envs.tools.knowledge_base import Entity, KnowledgeBase, build_knowledge_base, get_knowledge_base, tokenize
 from envs.tools.search import search_knowledge_base, with_top_k
 
 
@@ -44,3 +44,23 @@ def test_top_k_and_bounds():
 
 def test_with_top_k_keeps_the_schema():
     assert get_json_schema(with_top_k(3)) == get_json_schema(search)
+
+
+def test_stop_words_never_make_a_match():
+    assert search("zzz in qqq").startswith("No results")
+    assert search("where was zzz born").startswith("No results")
+    assert search("what is the population of the city").startswith("No results")
+    assert search("in the").startswith("No results")  # only stop-words: nothing to match, but not an error
+
+
+def test_stop_words_do_not_change_what_a_name_finds():
+    kb = get_knowledge_base()
+    for entity in kb.entities:
+        assert search(f"where is the {entity.name} in").split("\n")[0] == entity.snippet
+
+
+def test_a_name_word_that_is_also_a_stop_word_still_matches():
+    entity = Entity("The City", "city", {}, "The City: city in nowhere")  # a name made of stop-words only
+    kb = KnowledgeBase(get_knowledge_base().entities + [entity])
+    assert search_knowledge_base(kb, "the city").split("\n")[0] == entity.snippet
+    assert search("the city").startswith("No results")  # the default base has no such name
