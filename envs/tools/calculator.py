@@ -28,6 +28,7 @@ MAX_MAGNITUDE = 1e12
 MAX_EXPONENT = 64
 MAX_OUTPUT_CHARS = 40
 SIGNIFICANT_DIGITS = 12
+_EXPONENT = re.compile(r"e([-+])0*(\d+)$")  # the exponent of a "g"-formatted float, e.g. "e-07", "e+12"
 
 Number = int | float
 
@@ -174,8 +175,6 @@ def format_number(value: Number) -> str:
     return text if len(text) <= MAX_OUTPUT_CHARS else "Error: result is too long"
 
 
-_EXPONENT = re.compile(r"e([-+])0*(\d+)$")
-
-
 def _short_exponent(match: re.Match) -> str:
+    """Shorten a "g" exponent: e-07 becomes e-7, e+12 becomes e12."""
     return "e" + ("-" if match.group(1) == "-" else "") + match.group(2)

@@ -260,3 +260,63 @@ def test_run_tool_on_arguments_of_any_shape(tool, arguments):
     output, ok = timed(run_tool, tool, arguments, 1.0, 300)
     assert isinstance(output, str) and len(output) <= 300 and type(ok) is bool
     assert ok == (not output.startswith("Error:"))
+
+
+# ----- user tools with hostile results -----------------------------------------------------------------------------
+
+
+def power_of_ten(n: int) -> int:
+    """10**n: past 4300 digits Python refuses to print it.
+
+    Args:
+        n: The exponent.
+    """
+    return 10 ** min(abs(n), 10_000)
+
+
+def echo(text: str, times: int) -> str:
+    """The text repeated (up to a megabyte).
+
+    Args:
+        text: What to repeat.
+        times: How often.
+    """
+    return text * max(0, min(times, 10**6 // max(1, len(text))))
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def broken(kind: str) -> object:
+    """Fails in odd ways.
+
+    Args:
+        kind: "raise", "unprintable", "none" or anything else.
+    """
+    if kind == "raise":
+        raise Unprintable()
+    return Unprintable() if kind == "unprintable" else None
+
+
+USER_TOOL_CALLS = st.one_of(
+    st.builds(lambda n: format_tool_call("power_of_ten", {"n": n}), st.integers(-(10**5), 10**5)),
+    st.builds(lambda t, k: format_tool_call("echo", {"text": t, "times": k}), st.text(max_size=8), st.integers()),
+    st.builds(lambda k: format_tool_call("broken", {"kind": k}), st.sampled_from(["raise", "unprintable", "none"])),
+    st.builds(format_tool_call, st.sampled_from(["power_of_ten", "echo", "broken"]), ARGUMENTS),
+)
+
+
+def test_an_environment_with_user_tools_survives_what_they_return():
+    env = gym.make("rlagent/Calculator-v0", tools=["calculator", power_of_ten, echo, broken], max_turns=10**9)
+    env.reset(seed=0)
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(USER_TOOL_CALLS)
+    def drive(action):
+        start = time.perf_counter()
+        check_step(env, action, env.step(action), time.perf_counter() - start)
+
+    drive()
