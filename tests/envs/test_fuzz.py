@@ -6,6 +6,10 @@ recorded assistant message fits the action space, and the step returns well with
 call: a str within the tool's output bound, a number the grader reads back exactly or an "Error:" line, in bounded
 time. Hypothesis runs derandomized (the same examples on every machine) with no example database, all in this process
 and without a model, so the file takes seconds.
+
+Each environment example is one drawn action plus the names of two hostile tool inputs; `mutations` turns it into
+ACTIONS_PER_EXAMPLE actions with the classic fuzzing edits (cut, wrapped in tags, unclosed, repeated, control
+characters, at / over / far over the length limit). Drawing every action separately costs hypothesis ~1 ms each.
 """
 
 import json
@@ -130,8 +134,7 @@ HOSTILE_CALLS = {
 
 
 def mutations(base: str, expression: str, query: str) -> list[str]:
-    """ACTIONS_PER_EXAMPLE actions from one drawn action: the classic fuzzing edits, plus two hostile tool calls
-    (`expression` and `query` name entries of HOSTILE_EXPRESSIONS and HOSTILE_QUERIES)."""
+    """The actions played for one example: edits of `base`, then the hostile calls named `expression` and `query`."""
     return [
         base,
         base[: len(base) // 2],  # cut short
@@ -148,6 +151,7 @@ def mutations(base: str, expression: str, query: str) -> list[str]:
 
 
 ACTIONS_PER_EXAMPLE = len(mutations("", "empty", "empty"))
+
 # ----- the environments --------------------------------------------------------------------------------------------
 
 
