@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 
 from jinja2 import TemplateError
 
+from rlagent.config import ConfigError
+
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 CHATML_START = "<|im_start|>"
 
 
-class ChatTemplateError(ValueError):
-    """A chat template rlagent cannot train with; the message says why and what to do."""
+class ChatTemplateError(ConfigError):
+    """A chat template rlagent cannot train with; the message says why and what to do (a ConfigError of the model
+    choice, so a stage exits with that line; not a DataError, so rlagent.data can import this module)."""
 
 
 def read_template(name: str) -> str:
@@ -263,8 +266,14 @@ def end_of_turn_token(tokenizer) -> str | None:
     """The token right after an assistant message's text in the rendered template (<|im_end|> for ChatML,
     <|eot_id|> for Llama 3), or None when what follows is not a single special/added token."""
     messages = [{"role": "user", "content": "user_text_q7"}, {"role": "assistant", "content": "answer_text_q7"}]
-    text = render(tokenizer, messages)
-    after = text[text.index("answer_text_q7") + len("answer_text_q7") :]
+    try:
+        text = render(tokenizer, messages)
+    except (TemplateError, TypeError, ValueError):
+        return None
+    position = text.find("answer_text_q7")
+    if position < 0:
+        return None
+    after = text[position + len("answer_text_q7") :]
     added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
     return next((token for token in added if after.startswith(token)), None)
 
@@ -309,11 +318,12 @@ def _fix_pad(tokenizer, fixups: TokenizerFixups) -> None:
     fixups.notes.append(f"pad {why} -> {tokenizer.pad_token!r} id {tokenizer.pad_token_id}{added}")
 
 
-def sync_model_with_tokenizer(model, tokenizer, fixups: TokenizerFixups) -> None:
-    """Apply prepare_tokenizer's changes to a model loaded for that tokenizer: resize the embeddings when a token was
-    added, and point config and generation config at the tokenizer's pad and eos (a converted GGUF's config still
-    says pad = eos, and generate() would otherwise stop or pad with the old ids)."""
-    if fixups.resize_embeddings:
+def sync_model_with_tokenizer(model, tokenizer) -> None:
+    """Fit a model loaded from the same folder to its prepared tokenizer: grow the embeddings when prepare_tokenizer
+    added a token (never shrink: many checkpoints pad their vocabulary), and point config and generation config at
+    the tokenizer's pad and eos (a converted GGUF's config still says pad = eos, and generate() would otherwise pad
+    and stop with the old ids)."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None:

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from rlagent.config import ConfigError
+
 TINY = "tiny"
 CACHE_ENV = "RLAGENT_CACHE"
 
 
-class ModelSourceError(ValueError):
-    """A model name or path that cannot be resolved; the message is one line naming it and what to do."""
+class ModelSourceError(ConfigError):
+    """A model name or path that cannot be resolved; the message is one line naming it and what to do (a ConfigError,
+    so a stage exits with that line instead of a traceback)."""
 
 
 @dataclass(frozen=True)

@@ -277,10 +277,12 @@ def test_model_follows_the_prepared_tokenizer():
     model = build_tiny_model(small, tokenizer, seed=0)
     tokenizer.add_special_tokens({"pad_token": "<|new_pad|>"})
     tokenizer.eos_token = "<|endoftext|>"
-    sync_model_with_tokenizer(model, tokenizer, chat_templates.TokenizerFixups(resize_embeddings=True))
+    sync_model_with_tokenizer(model, tokenizer)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == 1033
     for config in (model.config, model.generation_config):
         assert (config.pad_token_id, config.eos_token_id) == (1032, tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    sync_model_with_tokenizer(model, build_tiny_tokenizer())  # a smaller tokenizer never shrinks the embeddings
+    assert model.get_input_embeddings().weight.shape[0] == 1033
 
 
 def test_prepare_swaps_qwen3_for_its_training_template_so_rollouts_can_append():
@@ -315,3 +317,23 @@ def test_smollm2_rollout_policy_mask_equals_sft_mask(smollm2):
         ids, mask = assistant_token_mask(smollm2, traj.messages[i], traj.tools[i])
         assert ids[:n] == tokens and mask[:n] == policy_mask
         assert masked_runs(smollm2, tokens, policy_mask)[-1].endswith("<|im_end|>")
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_prefix_derivation_agrees_with_generation_blocks_on_expert_demonstrations(which):
+    """On templates that have both, the two mask sources agree token for token over real episodes (noisy experts:
+    malformed calls, retries, both environments), so a template without blocks is masked the same way."""
+    import envs
+    from envs.experts import generate_demonstrations
+
+    if which == "smollm2":
+        require_smollm2()
+        tokenizer = smollm2_tokenizer()
+        prepare_tokenizer(tokenizer, verbose=False)
+    else:
+        tokenizer = build_tiny_tokenizer()
+    for i, env_id in enumerate(envs.ENV_IDS):
+        for row in generate_demonstrations(env_id, 10, noise=0.5, seed=i, split="train"):
+            text, spans = assistant_char_spans(tokenizer, row["messages"], row["tools"])
+            derived = chat_templates._mask_from_spans(tokenizer, text, spans)
+            assert assistant_token_mask(tokenizer, row["messages"], row["tools"]) == derived
