@@ -97,3 +97,17 @@ class CountdownScript:
         # A turn starts (the last fed token ends the generation prompt): answer or call, by the position.
         answer = self.mix(position) // (self.longest + 1) % self.answer_every == 0
         return self.start_digit(position) if answer else self.tool_call
+
+
+def first_token_tiny(tokenizer):
+    """A tiny Llama (a plain HF model: it saves, loads and runs in a subprocess) whose logits are all exactly 0.
+
+    Greedy decoding then always picks token id 0 (argmax returns the first maximal index, as torch and transformers
+    document), which is not the end-of-turn token: every greedy turn runs to max_new_tokens. The tiny model ties its
+    input and output embeddings, so zeroing the shared matrix zeroes every logit whatever the hidden state.
+    """
+    model = build_tiny_model(SMALL, tokenizer, seed=0)
+    assert model.config.tie_word_embeddings and tokenizer.eos_token_id != 0
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    return model
