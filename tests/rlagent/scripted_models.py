@@ -22,18 +22,17 @@ SUPPRESSED = -1e4
 
 
 class RiggedModel:
-    """`rig(model, script)`: model's next token is script(last_token, position) for each row; `records` keeps, per
-    forward call, (positions, last tokens, the real last-position logits) while `record` is True."""
+    """RiggedModel(model, script): the model's next token is script(last_token, position) in every row; `records`
+    keeps, per forward call, (positions, last tokens, the real last-position logits) while `record` is True."""
 
     def __init__(self, model, script: Callable[[int, int], int]):
         self.model, self.script, self.record, self.records = model, script, False, []
         self.handle = model.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
-        input_ids = kwargs["input_ids"]
-        positions = kwargs["position_ids"]
-        if positions is None:  # not expected from either decode path; fail loudly rather than guess
-            raise AssertionError("the rigged model needs position_ids")
+        input_ids, positions = kwargs.get("input_ids"), kwargs.get("position_ids")
+        if input_ids is None or positions is None:  # both decode paths pass them by name; fail loudly, never guess
+            raise AssertionError("the rigged model needs input_ids and position_ids passed by name")
         last, position = input_ids[:, -1].tolist(), positions[:, -1].tolist()
         real = output.logits[:, -1]
         if self.record:

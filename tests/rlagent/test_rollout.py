@@ -1,5 +1,6 @@
 """The batched multi-turn engine: policy masks by hand, batched == sequential under greedy decoding, chat-template
-render checks, malformed calls, missing EOS and the token budget."""
+render checks, malformed calls, missing EOS and the token budget. Model-driven tests use a rigged tiny Llama whose
+next token is scripted (scripted_models.py), so what they check never depends on float noise or training luck."""
 
 import copy
 
