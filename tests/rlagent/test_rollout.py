@@ -1,5 +1,6 @@
 """The batched multi-turn engine: policy masks by hand, batched == sequential under greedy decoding, chat-template
-render checks, malformed calls, missing EOS and the token budget."""
+render checks, malformed calls, missing EOS and the token budget. Model-driven tests use a rigged tiny Llama whose
+next token is scripted (scripted_models.py), so what they check never depends on float noise or training luck."""
 
 import copy
 
@@ -7,8 +8,6 @@ import pytest
 import torch
 
 from envs.experts import ScriptedExpert
-from rlagent import train_sft
-from rlagent.config import TinyModelConfig
 from rlagent.data import tokenize_conversation
 from rlagent.rollout import (
     ModelPolicy,
@@ -23,10 +22,10 @@ from rlagent.rollout import (
     sample_categorical,
 )
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
-from tests.conftest import SMALL_MODEL
+from tests.rlagent.scripted_models import SMALL, CountdownScript, RiggedModel, rigged_tiny
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"
-SMALL = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+MAX_NEW = 8  # < the longest scripted turn (<tool_call> + 10 digits + <|im_end|>): some turns are cut off
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,32 +43,10 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
-    """A small model after 80 SFT steps (the real stage-1 code): peaked outputs, tool-call attempts, often malformed
-    or cut off — multi-turn episodes of varied length, which is what the engine tests need."""
-    out = tmp_path_factory.mktemp("sft")
-    train_sft.main(
-        [
-            f"output_dir={out}",
-            "max_steps=80",
-            "data.episodes=100",
-            "data.noise=0.2",
-            "optim.lr=1e-2",
-            "optim.batch_size=8",
-            "optim.micro_batch_size=8",
-            "optim.warmup_ratio=0",
-            "optim.schedule=constant",
-            "data.eval_fraction=0",
-            "eval_every=0",
-            "save_every=0",
-            "progress=false",
-            "report_to=[]",
-            *SMALL_MODEL,
-        ]
-    )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(out / "final"), AutoTokenizer.from_pretrained(out / "final")
+def rigged(tok):
+    """The real tiny Llama with its next token scripted (see scripted_models): varied multi-turn episodes by
+    construction, the same on every machine, with the engine's real KV-cache and `generate` paths underneath."""
+    return rigged_tiny(tok, CountdownScript(tok, longest=9, answer_every=3))
 
 
 def expert_policy(tokenizer, noise: float = 0.0) -> TextPolicy:
@@ -121,61 +98,101 @@ def test_expert_two_turn_episode_tokens_and_mask_by_hand(tok):
     assert traj.render_mismatch == [False] and traj.missing_eos.tolist() == [0.0]
 
 
-def test_model_policy_episode_mask_by_hand(trained):
-    """A ModelPolicy episode of several turns: tokens = prompt + each sampled turn + (forced <|im_end|> if the turn
-    was cut off) + the hand-written tool response; the mask is 1 exactly on the sampled turns, and every masked token
-    is the model's own greedy choice."""
-    model, tok = trained
-    envs = make_envs(CALC, 4)
-    traj = run_episodes(ModelPolicy(model, tok, max_new_tokens=40, greedy=True), envs, [0, 1, 2, 3], tok)
-    i = int(traj.turns.argmax())
-    assert traj.turns[i] >= 2
-    ids, mask = episode(traj, i)
-    policy_turns = [ids[start:end] for start, end, kind in traj.spans[i] if kind == "policy"]
-    assistant = [m for m in traj.messages[i] if m["role"] == "assistant"]
-    replies = [m for m in traj.messages[i] if m["role"] == "tool"]
-    expected_ids, expected_mask = segments_to_ids(tok, prompt_segments(envs[i], traj.tasks[i]))
-    for turn, sampled in enumerate(policy_turns):
-        expected_ids, expected_mask = expected_ids + sampled, expected_mask + [1] * len(sampled)
-        has_eos = sampled[-1] == tok.eos_token_id
-        if not assistant[turn].get("tool_calls"):  # raw text kept as the message: it is exactly what was sampled
-            assert tok.decode(sampled[:-1] if has_eos else sampled) == assistant[turn]["content"]
-        if turn < len(replies) and turn < len(policy_turns) - 1:
-            text = ("" if has_eos else "<|im_end|>") + "\n<|im_start|>user\n<tool_response>"
-            text += replies[turn]["content"] + "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+def scripted_turn(script, ids: list[int], max_new_tokens: int) -> list[int]:
+    """What the rigged model must generate after `ids`: each token is script(previous token, its position)."""
+    turn = []
+    while len(turn) < max_new_tokens and (not turn or turn[-1] != script.eos):
+        context = ids + turn
+        turn.append(script(context[-1], len(context) - 1))
+    return turn
+
+
+def test_model_policy_episode_mask_by_hand(rigged, tok):
+    """Every ModelPolicy episode of a batch, rebuilt by hand: prompt + each scripted turn + (forced <|im_end|> if the
+    turn was cut off) + the hand-written error reply; the mask is 1 exactly on the generated turns."""
+    envs = make_envs(CALC, 16)
+    traj = run_episodes(
+        ModelPolicy(rigged.model, tok, max_new_tokens=MAX_NEW, greedy=True), envs, list(range(16)), tok
+    )
+    assert set(traj.turns.tolist()) > {1.0, 2.0} and 0 < traj.missing_eos.sum() < 16  # the cases below occur
+    for i in range(16):
+        expected_ids, expected_mask = segments_to_ids(tok, prompt_segments(envs[i], traj.tasks[i]))
+        for turn in range(int(traj.turns[i])):
+            sampled = scripted_turn(rigged.script, expected_ids, MAX_NEW)
+            expected_ids, expected_mask = expected_ids + sampled, expected_mask + [1] * len(sampled)
+            if turn == traj.turns[i] - 1:
+                break  # a final answer or the turn limit: nothing is appended after the last turn
+            text = ("" if sampled[-1] == tok.eos_token_id else "<|im_end|>") + "\n<|im_start|>user\n<tool_response>"
+            text += "Error: unclosed <tool_call> tag</tool_response><|im_end|>\n<|im_start|>assistant\n"
             reply_ids, reply_mask = segments_to_ids(tok, [(text, 0)])
             expected_ids, expected_mask = expected_ids + reply_ids, expected_mask + reply_mask
-    assert (ids, mask) == (expected_ids, expected_mask)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]
-    positions = [p for p in range(len(ids)) if mask[p]]
-    chosen = logits[[p - 1 for p in positions], [ids[p] for p in positions]]
-    best = logits[[p - 1 for p in positions]].max(-1).values
-    assert torch.all(chosen >= best - 1e-4)
+        assert episode(traj, i) == (expected_ids, expected_mask), f"episode {i}"
+    assert traj.render_mismatch == [False] * 16
 
 
-def test_greedy_batched_equals_sequential(trained):
-    """32 episodes in one batch (left-padded, different lengths and turn counts) == 32 single-episode rollouts."""
-    model, tok = trained
-    policy = ModelPolicy(model, tok, max_new_tokens=40, greedy=True)
+# ---------------------------------------------------------------------------------------------------------------------
+# Batched == sequential, cache reuse == plain generate
+
+
+def assert_logits_match_uncached(rigged: RiggedModel, traj, atol: float = 1e-4) -> None:
+    """The real (pre-rigging) logits each decode step computed equal one uncached forward of the whole finished
+    episode at that position. Rows are matched by (position, fed token); several rows can share that key, so the
+    step must match one of them. Measured on this model (32 Calculator episodes): <= 1.2e-6 off as the engine is; with
+    half the cached keys zeroed, 0.07 off at the first step it reaches; with positions shifted in batches, 0.36."""
+    steps: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for positions, last, logits in rigged.records:
+        for row, key in enumerate(zip(positions, last)):
+            steps.setdefault(key, []).append(logits[row])
+    with rigged.disabled() as model, torch.no_grad():
+        for i in range(len(traj)):
+            ids, mask = episode(traj, i)
+            reference = model(torch.tensor([ids])).logits[0]
+            for t in [t for t in range(1, len(ids)) if mask[t]]:
+                distance = min((row - reference[t - 1]).abs().max() for row in steps[(t - 1, ids[t - 1])])
+                assert distance <= atol, f"episode {i}, position {t}: decode logits off by {distance:.2e}"
+
+
+def recorded_rollout(rigged: RiggedModel, policy, env_id: str, seeds: list[int], tok):
+    rigged.records.clear()
+    rigged.record = True
+    try:
+        return run_episodes(policy, make_envs(env_id, len(seeds)), seeds, tok)
+    finally:
+        rigged.record = False
+
+
+def test_greedy_batched_equals_sequential(rigged, tok):
+    """32 episodes in one batch (left-padded; 1 to 4 turns, turns cut at max_new_tokens, 5+ different lengths, all
+    by construction) == 32 single-episode rollouts, token for token; and the batch's KV-cache decode computed the
+    same logits as an uncached forward of each finished episode. Rows are placed by position_ids, which the script
+    reads: a wrong position changes the tokens."""
+    policy = ModelPolicy(rigged.model, tok, max_new_tokens=MAX_NEW, greedy=True)
     seeds = list(range(32))
-    batched = run_episodes(policy, make_envs(CALC, 32), seeds, tok)
-    assert len(set(batched.turns.tolist())) > 1 and len(set(batched.attention_mask.sum(1).tolist())) > 8
+    batched = recorded_rollout(rigged, policy, CALC, seeds, tok)
+    assert set(batched.turns.tolist()) == {1.0, 2.0, 3.0, 4.0} and 0 < batched.missing_eos.sum() < 32
+    assert len(set(batched.attention_mask.sum(1).tolist())) >= 5
+    assert_logits_match_uncached(rigged, batched)
     env = make_envs(CALC, 1)
     for i, seed in enumerate(seeds):
         alone = run_episodes(policy, env, [seed], tok)
         assert episode(batched, i) == episode(alone, 0), f"episode {i} differs"
         assert batched.env_reward[i] == alone.env_reward[0] and batched.messages[i] == alone.messages[0]
+        assert batched.spans[i] == alone.spans[0] and batched.missing_eos[i] == alone.missing_eos[0]
 
 
-def test_cache_reuse_equals_plain_generate(trained):
-    """Keys/values kept across turns + finished rows dropped == one `model.generate` from scratch per turn."""
-    model, tok = trained
+def test_cache_reuse_equals_plain_generate(rigged, tok):
+    """Keys/values kept across turns + finished rows dropped == one `model.generate` from scratch per turn: same
+    tokens and masks, and both computed the logits of an uncached forward."""
     seeds = list(range(16))
-    reused = run_episodes(ModelPolicy(model, tok, 40, greedy=True), make_envs(CALC, 16), seeds, tok)
-    plain = run_episodes(ModelPolicy(model, tok, 40, greedy=True, reuse_cache=False), make_envs(CALC, 16), seeds, tok)
-    assert ModelPolicy(model, tok).reuse_cache and (reused.turns > 1).any()
+    assert ModelPolicy(rigged.model, tok).reuse_cache
+    reused = recorded_rollout(rigged, ModelPolicy(rigged.model, tok, MAX_NEW, greedy=True), CALC, seeds, tok)
+    assert (reused.turns > 1).any() and reused.missing_eos.any()
+    assert_logits_match_uncached(rigged, reused)
+    policy = ModelPolicy(rigged.model, tok, MAX_NEW, greedy=True, reuse_cache=False)
+    plain = recorded_rollout(rigged, policy, CALC, seeds, tok)
+    assert_logits_match_uncached(rigged, plain)
     assert torch.equal(reused.input_ids, plain.input_ids) and torch.equal(reused.policy_mask, plain.policy_mask)
+    assert torch.equal(reused.attention_mask, plain.attention_mask) and reused.spans == plain.spans
 
 
 def test_noisy_expert_is_the_same_in_a_batch_and_alone(tok):
@@ -185,7 +202,7 @@ def test_noisy_expert_is_the_same_in_a_batch_and_alone(tok):
     env = make_envs(KB, 1)
     for i, seed in enumerate(seeds):
         assert batched.messages[i] == run_episodes(expert_policy(tok, noise=0.6), env, [seed], tok).messages[0]
-    assert 0 < batched.success.mean() < 1
+    assert 0 < batched.success.mean() < 1  # the seeded expert (Python's random) both fails and succeeds here
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,25 +305,32 @@ def test_malformed_tool_call_gets_an_error_turn_and_continues(tok, bad):
     assert traj.render_mismatch == [False]
 
 
-def test_model_malformed_calls_do_not_stop_the_batch(trained):
-    model, tok = trained
-    traj = run_episodes(ModelPolicy(model, tok, max_new_tokens=40), make_envs(CALC, 16), list(range(16)), tok)
-    assert traj.invalid_tool_calls.sum() > 0 and (traj.turns > 1).any()
-    assert traj.render_mismatch == [False] * 16  # cut-off turns are closed with a forced <|im_end|>
+def test_model_malformed_calls_do_not_stop_the_batch(rigged, tok):
+    """Sampled (not greedy) decoding of a batch where some rows answer at once and others keep sending malformed
+    calls: the batch runs to the end, cut-off turns are closed with a forced <|im_end|>. The rigged logits put all
+    mass on one token, so sampling gives exactly the greedy episodes, unseeded, in any test order."""
+    seeds = list(range(16))
+    sampled = run_episodes(ModelPolicy(rigged.model, tok, max_new_tokens=MAX_NEW), make_envs(CALC, 16), seeds, tok)
+    greedy = run_episodes(ModelPolicy(rigged.model, tok, MAX_NEW, greedy=True), make_envs(CALC, 16), seeds, tok)
+    assert sampled.invalid_tool_calls.sum() > 0 and (sampled.turns > 1).any() and (sampled.turns == 1).any()
+    assert sampled.missing_eos.any() and sampled.render_mismatch == [False] * 16
+    assert torch.equal(sampled.input_ids, greedy.input_ids) and sampled.messages == greedy.messages
 
 
-def test_missing_eos_is_flagged_and_closed_with_a_forced_eos(trained):
+def test_missing_eos_is_flagged_and_closed_with_a_forced_eos(tok):
     """Every turn hits max_new_tokens=6: 6 policy tokens, no EOS, then a forced <|im_end|> with policy_mask 0."""
-    model, tok = trained
-    traj = run_episodes(ModelPolicy(model, tok, max_new_tokens=6, greedy=True), make_envs(CALC, 4), [0, 1, 2, 3], tok)
-    assert traj.missing_eos.tolist() == [1.0] * 4
+    tool_call, seven = tok.convert_tokens_to_ids("<tool_call>"), tok.convert_tokens_to_ids("7")
+    never_ends = rigged_tiny(tok, lambda token, position: seven if token in (tool_call, seven) else tool_call)
+    policy = ModelPolicy(never_ends.model, tok, max_new_tokens=6, greedy=True)
+    traj = run_episodes(policy, make_envs(CALC, 4), [0, 1, 2, 3], tok)
+    assert traj.missing_eos.tolist() == [1.0] * 4 and traj.turns.tolist() == [4.0] * 4  # malformed calls to the limit
     for i in range(4):
         ids, mask = episode(traj, i)
-        for (start, end, kind), following in zip(traj.spans[i], traj.spans[i][1:] + [None]):
-            if kind == "policy":
-                assert end - start == 6 and tok.eos_token_id not in ids[start:end]
-                if following is not None:
-                    assert ids[end] == tok.eos_token_id and mask[end] == 0
+        policy_spans = [(start, end) for start, end, kind in traj.spans[i] if kind == "policy"]
+        assert [tok.decode(ids[start:end]) for start, end in policy_spans] == ["<tool_call>77777"] * 4
+        for _, end in policy_spans[:-1]:
+            assert ids[end] == tok.eos_token_id and mask[end] == 0
+        assert len(ids) == policy_spans[-1][1]  # the last turn ended the episode: nothing forced after it
     assert traj.render_mismatch == [False] * 4
 
 
@@ -321,12 +345,17 @@ def test_token_budget_ends_the_episode_as_truncated(tok):
     assert int(traj.attention_mask.sum()) == after_call  # the env reply was not appended
 
 
-def test_model_sequences_stay_within_max_total_tokens(trained):
-    model, tok = trained
-    policy, envs = ModelPolicy(model, tok, max_new_tokens=40, greedy=True), make_envs(CALC, 8)
-    free = run_episodes(policy, envs, list(range(8)), tok)
-    limit = int(free.attention_mask.sum(1).float().median())
-    traj = run_episodes(policy, envs, list(range(8)), tok, max_total_tokens=limit)
+def test_model_sequences_stay_within_max_total_tokens(rigged, tok):
+    """A limit that the free-running batch exceeds: every sequence stays within it, and more episodes are truncated."""
+    policy, envs, seeds = (
+        ModelPolicy(rigged.model, tok, max_new_tokens=MAX_NEW, greedy=True),
+        make_envs(CALC, 8),
+        [*range(8)],
+    )
+    free = run_episodes(policy, envs, seeds, tok)
+    limit = max(start_end[1] for spans in free.spans for start_end in spans[:1]) + MAX_NEW + 30  # room for 1-2 turns
+    assert free.attention_mask.sum(1).max() > limit  # by construction: the limit binds
+    traj = run_episodes(policy, envs, seeds, tok, max_total_tokens=limit)
     assert traj.attention_mask.sum(1).max() <= limit and traj.truncated.sum() > free.truncated.sum()
 
 

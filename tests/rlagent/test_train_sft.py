@@ -1,6 +1,7 @@
 """Stage 1 end to end, through the real CLI as subprocesses."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -27,21 +28,34 @@ def losses(output_dir) -> list[float]:
     return [row["train/loss"] for row in read_metrics(output_dir)]
 
 
-def test_sft_learns_and_final_loads(tmp_path, demo_jsonl):
-    """~50 steps on the demo data lower train loss by >= 50 %; final/ loads with plain transformers and generates."""
-    sft(tmp_path, demo_jsonl, "max_steps=50", "optim.lr=2e-3", "save_every=0")
+def test_sft_run_writes_a_loadable_final(tmp_path, demo_jsonl):
+    """12 steps on the small model: finite losses logged every step, the summary agrees with metrics.jsonl, and
+    final/ loads with plain transformers and generates. What the model learns is the slow test's business."""
+    sft(tmp_path, demo_jsonl, "max_steps=12", "optim.lr=2e-3", "save_every=0", *SMALL_MODEL)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["final/train_loss"] <= 0.5 * summary["first/train_loss"], summary
-    assert summary["data/truncated"] == 0 and summary["steps"] == 50
+    curve = losses(tmp_path)
+    assert summary["data/truncated"] == 0 and summary["steps"] == 12 and len(curve) == 12
+    assert all(math.isfinite(loss) and loss > 0 for loss in curve)
+    assert summary["first/train_loss"] == curve[0] and summary["final/train_loss"] == curve[-1]
     assert_metrics_documented(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "final")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     prompt = [{"role": "user", "content": "What is 12 plus 30?"}]
     batch = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**batch, max_new_tokens=40, do_sample=False)
-    text = tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
-    assert text.startswith("<tool_call>"), text  # it learned the tool-call format
+    out = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert out.shape == (1, batch["input_ids"].shape[1] + 5) and (out < len(tokenizer)).all()
     assert (tmp_path / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_sft_halves_the_loss(tmp_path, demo_jsonl):
+    """50 steps on the default tiny model at least halve the train loss. Measured with these settings on the 2-core
+    AMD EPYC machine (2026-11-29), seeds 0/1/2: final/first ratio 0.092 / 0.086 / 0.095, so the 0.5 bound has a
+    ~5x margin. Not asserted: that the greedy reply opens with <tool_call>. The same three runs did so on 10 / 1 / 4
+    of 10 addition prompts, so after 50 steps the format is there for some seeds only."""
+    sft(tmp_path, demo_jsonl, "max_steps=50", "optim.lr=2e-3", "save_every=0")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final/train_loss"] <= 0.5 * summary["first/train_loss"], summary
 
 
 def test_same_seed_same_curve_and_exact_resume(tmp_path, demo_jsonl):
