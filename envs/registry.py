@@ -141,7 +141,7 @@ def _build(obj: object, spec: str, kwargs: dict) -> gym.Env:
     from envs.trl_adapter import TRLEnvironment
 
     if is_trl_style(obj):
-        return _call(TRLEnvironment, spec, {"environment_factory": obj, **kwargs}, check_with=TRLEnvironment)
+        return _call(TRLEnvironment, spec, {"environment_factory": obj, **kwargs})
     if inspect.isclass(obj) and not issubclass(obj, gym.Env):
         raise EnvSpecError(f"rlagent: environment {spec!r} is a class that is neither a gymnasium.Env subclass nor a "
                            "TRL-style environment (a `reset` method plus public tool methods)")  # fmt: skip
@@ -156,8 +156,8 @@ def _build(obj: object, spec: str, kwargs: dict) -> gym.Env:
     raise EnvSpecError(f"rlagent: environment {spec!r} returned a {type(env).__name__}, not a gymnasium.Env")
 
 
-def _call(fn: Callable, spec: str, kwargs: dict, check_with: Callable | None = None):
-    accepted = _accepted(check_with or fn, kwargs, spec)
+def _call(fn: Callable, spec: str, kwargs: dict):
+    accepted = _accepted(fn, kwargs, spec)
     try:
         return fn(**accepted)
     except Exception as exc:
