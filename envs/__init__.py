@@ -11,7 +11,7 @@ import gymnasium as gym
 
 from envs.env import ToolUseEnv
 from envs.protocol import EnvProtocolError, check_env, check_step
-from envs.registry import EnvSpecError, make_env
+from envs.registry import EnvSpecError, build_envs, make_env
 from envs.tasks.task import Task
 from envs.trl_adapter import TRLEnvironment
 from envs.wrappers import PromptInjection, ToolFaults, wrap_env
@@ -32,6 +32,7 @@ __all__ = [
     "Task",
     "ToolFaults",
     "ToolUseEnv",
+    "build_envs",
     "check_env",
     "check_step",
     "make_env",

@@ -55,6 +55,19 @@ def make_env(spec: str, **kwargs) -> gym.Env:
     return _from_registry(spec, spec, kwargs)
 
 
+def build_envs(spec: str, n: int, split: str = "train", wrappers: str | None = None, wrapper_seed: int = 0,
+               **kwargs) -> list[gym.Env]:  # fmt: skip
+    """n independent environments for the rollout engine: made, checked against envs.protocol (the first one, reset
+    once with seed 0), then wrapped by the `wrappers` spec (envs.wrappers.wrap_env, e.g. "prompt_injection:0.3")."""
+    from envs.protocol import check_env
+    from envs.wrappers import wrap_env
+
+    made = [make_env(spec, split=split, **kwargs) for _ in range(n)]
+    if made:
+        check_env(made[0], spec)
+    return [wrap_env(env, wrappers, seed=wrapper_seed) for env in made]
+
+
 def is_trl_style(obj: object) -> bool:
     """A class that is not a gymnasium.Env, with a callable `reset` and at least one public method (a tool)."""
     if not inspect.isclass(obj) or issubclass(obj, gym.Env) or not callable(getattr(obj, "reset", None)):

@@ -8,7 +8,7 @@ import uuid
 import gymnasium as gym
 import pytest
 
-from envs import EnvSpecError, ToolUseEnv, TRLEnvironment, make_env
+from envs import EnvProtocolError, EnvSpecError, PromptInjection, ToolUseEnv, TRLEnvironment, build_envs, make_env
 from envs import registry as registry_module
 
 USER_MODULE = """
@@ -28,6 +28,11 @@ class EchoEnv(gym.Env):
 
     def step(self, action):
         return "", 0.0, True, False, {"messages": []}
+
+
+class NoMessagesEnv(EchoEnv):
+    def reset(self, *, seed=None, options=None):
+        return "", {"prompt": self.greeting}
 
 
 class NoSplitEnv(EchoEnv):
@@ -176,3 +181,11 @@ def test_entry_points_are_loaded_for_an_unknown_id(tmp_path, monkeypatch):
     finally:
         gym.registry.pop("PluginEnv-v0", None)
         sys.modules.pop(name, None)
+
+
+def test_build_envs_checks_and_wraps(user_module):
+    built = build_envs("examples.unit_conversion:make_env", 3, split="test", wrappers="prompt_injection:1")
+    assert len(built) == 3 and len({id(env) for env in built}) == 3
+    assert all(isinstance(env, PromptInjection) and env.unwrapped.split == "test" for env in built)
+    with pytest.raises(EnvProtocolError, match="info lacks 'messages'"):
+        build_envs(f"{user_module}:NoMessagesEnv", 2)

@@ -5,7 +5,7 @@ import pytest
 from envs import PromptInjection, ToolFaults, make_env, wrap_env
 from envs.experts import ScriptedExpert
 from envs.parsing import format_tool_call
-from envs.wrappers import DEFAULT_INJECTION
+from envs.wrappers import DEFAULT_INJECTION, DEFAULT_RATE
 from rlagent.rollout import TextPolicy, run_episodes
 from rlagent.tiny import build_tiny_tokenizer
 
@@ -92,10 +92,13 @@ def test_wrap_env_spec():
     env = wrap_env(make_env(CALC), "prompt_injection:0.3, tool_faults:0.2:timeout", seed=5)
     assert isinstance(env, ToolFaults) and env.rate == 0.2 and env.kind == "timeout" and env.seed == 5
     assert isinstance(env.env, PromptInjection) and env.env.rate == 0.3
+    bare = wrap_env(make_env(CALC), "tool_faults")  # DESIGN's `--wrapper prompt_injection|tool_faults`
+    assert isinstance(bare, ToolFaults) and bare.rate == DEFAULT_RATE and bare.kind == "error"
     plain = make_env(CALC)
     assert wrap_env(plain, None) is plain and wrap_env(plain, "") is plain
     for bad, expected in [
         ("injection:0.3", "cannot read"),
+        ("prompt_injection:0.1:x", "cannot read"),
         ("prompt_injection:lots", "is not a number"),
         ("prompt_injection:1.5", r"rate must be in \[0, 1\]"),
         ("tool_faults:0.1:crash", "kind"),
