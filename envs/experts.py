@@ -21,8 +21,9 @@ from typing import Any
 
 import gymnasium as gym
 
-import envs  # noqa: F401  (registers the environments for gym.make)
+import envs  # noqa: F401  (registers the environments for gym.make, as callers of this module expect)
 from envs.parsing import CLOSE_TAG, OPEN_TAG, format_tool_call
+from envs.registry import make_env
 from envs.tasks import Task
 from envs.tools.knowledge_base import get_knowledge_base
 
@@ -181,9 +182,10 @@ def generate_demonstrations(
 ) -> list[dict[str, Any]]:
     """SFT conversations {"messages", "tools"} from `episodes` expert episodes (successful ones only if asked).
 
+    `env_id` is any spec `envs.make_env` takes (a registered id or `module:attr`).
     `difficulty` (None = the environment's default mix) and the expert's failure `modes` are passed through.
     """
-    env = gym.make(env_id, split=split, **({} if difficulty is None else {"difficulty": difficulty}))
+    env = make_env(env_id, split=split, **({} if difficulty is None else {"difficulty": difficulty}))
     expert = ScriptedExpert(noise=noise, seed=seed, modes=tuple(modes))
     seeds = random.Random(seed)
     rows = []
@@ -204,7 +206,7 @@ def generate_preference_pairs(
     """
     if noise >= 1.0:
         raise ValueError("noise must be < 1 for the chosen expert to succeed")
-    env = gym.make(env_id, split=split)
+    env = make_env(env_id, split=split)
     chosen_expert, rejected_expert = ScriptedExpert(noise, seed), ScriptedExpert(1.0, seed + 1)
     seeds = random.Random(seed)
     pairs: list[dict[str, Any]] = []

@@ -113,3 +113,12 @@ def test_one_ppo_iteration_on_the_example(tmp_path):
             f"env.ids=[{SPEC}]", "env.episodes=4", "optim.batch_size=4", "optim.micro_batch_size=4", "max_steps=1",
             "save_every=0", "rollout.max_new_tokens=32", "rollout.max_total_tokens=512")  # fmt: skip
     assert [row["step"] for row in read_metrics(tmp_path)] == [1]
+
+
+def test_demonstrations_and_preference_pairs_from_the_spec():
+    from envs.experts import generate_demonstrations, generate_preference_pairs
+
+    rows = generate_demonstrations(SPEC, episodes=4, seed=0)
+    assert len(rows) == 4 and all(row["tools"][0]["function"]["name"] == "convert" for row in rows)
+    pairs = generate_preference_pairs(SPEC, n_pairs=2, seed=0)
+    assert all(pair["chosen_reward"] == 1.0 > pair["rejected_reward"] for pair in pairs)
