@@ -1,6 +1,8 @@
 """rlagent environments: `import envs` registers `rlagent/Calculator-v0` and `rlagent/KBSearch-v0` with Gymnasium.
 
-Usage: `import envs; env = gymnasium.make("rlagent/Calculator-v0", split="test")`.
+Usage: `import envs; env = gymnasium.make("rlagent/Calculator-v0", split="test")`, or, for any environment
+(a registered id, `module:attr`, a TRL-style class), `envs.make_env(spec, split="test")`.
+The protocol an environment follows is written down in envs/protocol.py; robustness wrappers are in envs/wrappers.py.
 """
 
 from __future__ import annotations
@@ -8,6 +10,11 @@ from __future__ import annotations
 import gymnasium as gym
 
 from envs.env import ToolUseEnv
+from envs.protocol import EnvProtocolError, check_env, check_step
+from envs.registry import EnvSpecError, build_envs, make_env
+from envs.tasks.task import Task
+from envs.trl_adapter import TRLEnvironment
+from envs.wrappers import PromptInjection, ToolFaults, wrap_env
 
 ENV_KWARGS: dict[str, dict] = {
     "rlagent/Calculator-v0": {"task_family": "arithmetic", "tools": ["calculator"]},
@@ -15,7 +22,23 @@ ENV_KWARGS: dict[str, dict] = {
 }
 ENV_IDS: tuple[str, ...] = tuple(ENV_KWARGS)
 
-__all__ = ["ENV_IDS", "ENV_KWARGS", "ToolUseEnv", "register_envs"]
+__all__ = [
+    "ENV_IDS",
+    "ENV_KWARGS",
+    "EnvProtocolError",
+    "EnvSpecError",
+    "PromptInjection",
+    "TRLEnvironment",
+    "Task",
+    "ToolFaults",
+    "ToolUseEnv",
+    "build_envs",
+    "check_env",
+    "check_step",
+    "make_env",
+    "register_envs",
+    "wrap_env",
+]
 
 
 def register_envs() -> None:

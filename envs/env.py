@@ -18,10 +18,24 @@ reward, sets `info["invalid_tool_call"]`, and the episode goes on (the turn coun
 appended after the assistant message: the rollout engine renders exactly those through the chat template.
 Every step's info has the keys messages, env_messages, reward_components, success, tool_calls, invalid_tool_call,
 action_truncated and turn.
+
+Your own task family. `task_source(rng, split) -> Task` replaces the built-in generators and `tools` lists its typed
+Python functions; `grader(task, text) -> bool` replaces the default check (the last number, or the last name,
+of the reply must be `task.answer`). A whole family fits in ~30 lines: see examples/unit_conversion.py.
+
+    env = ToolUseEnv(task_source=sample_task, tools=[convert], split="test", task_family="units")
+
+The source gets a `random.Random` seeded from the reset seed, offset for the test split (so the two seed streams
+never meet) and the split name: keeping train and test ITEMS apart is the source's job
+(`envs.tasks.task.draw_item` does it by a stable hash of `Task.key`). A source with a `difficulty` parameter is also
+given the difficulty (the env's, or `options["difficulty"]` from a curriculum); otherwise difficulty is ignored.
+`Task.solution` (the tool calls that solve it) lets the scripted expert play the family.
 """
 
 from __future__ import annotations
 
+import inspect
+import random
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +47,7 @@ from gymnasium import spaces
 from envs.grading import is_correct
 from envs.parsing import ParsedAction, parse_assistant
 from envs.tasks import FAMILIES, Task, levels, sample_task
-from envs.tasks.task import check_split
+from envs.tasks.task import check_split, make_rng
 from envs.tools import resolve_tool, run_tool, tool_schema
 from envs.tools.knowledge_base import get_knowledge_base
 from envs.tools.search import DEFAULT_TOP_K, search, with_top_k
@@ -42,6 +56,8 @@ DEFAULT_REWARDS = {"correct": 1.0, "wrong": 0.0, "truncated": -0.5, "invalid_cal
 DEFAULT_MAX_TURNS = {"arithmetic": 4, "knowledge": 5}
 DEFAULT_TOOLS = {"arithmetic": ["calculator"], "knowledge": ["search"]}
 DEFAULT_SYSTEM_PROMPT = "Use the tools, then reply: The answer is X."
+CUSTOM_MAX_TURNS = 4
+CUSTOM_FAMILY = "custom"
 # spaces.Text defaults to alphanumerics only; chat text needs punctuation, spaces and newlines.
 CHARSET = string.printable
 MAX_ACTION_CHARS = 4096
@@ -49,16 +65,18 @@ MAX_PROMPT_CHARS = 1024
 _CHARSET_SET = frozenset(CHARSET)
 
 Message = dict[str, Any]
+TaskSource = Callable[[random.Random, str], Task]
+Grader = Callable[[Task, str], bool]
 
 
 class ToolUseEnv(gym.Env[str, str]):
-    """Tool-using agent environment over arithmetic or knowledge-base tasks; text in, text out."""
+    """Tool-using agent environment over arithmetic, knowledge-base or user-supplied tasks; text in, text out."""
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(
         self,
-        task_family: str = "arithmetic",
+        task_family: str | None = None,
         split: str = "train",
         difficulty: int | str = "mixed",
         max_turns: int | None = None,
@@ -70,13 +88,21 @@ class ToolUseEnv(gym.Env[str, str]):
         top_k: int = DEFAULT_TOP_K,
         max_tool_calls_per_turn: int = 4,
         render_mode: str | None = None,
+        task_source: TaskSource | None = None,
+        grader: Grader | None = None,
     ) -> None:
-        if task_family not in FAMILIES:
+        self.task_source = _check_callable(task_source, "task_source")
+        self.grader = _check_callable(grader, "grader")
+        task_family = task_family or (CUSTOM_FAMILY if task_source else "arithmetic")
+        if task_source is None and task_family not in FAMILIES:
             raise ValueError(f"task_family must be one of {sorted(FAMILIES)}, got {task_family!r}")
+        if task_source is not None and tools is None:
+            raise ValueError("tools: a task_source needs its tools (typed functions, 'module:function' or names)")
         check_split(split)
         self.task_family, self.split = task_family, split
         self.difficulty = self._check_difficulty(difficulty, "difficulty")
-        self.max_turns = _positive_int(DEFAULT_MAX_TURNS[task_family] if max_turns is None else max_turns, "max_turns")
+        default_turns = DEFAULT_MAX_TURNS.get(task_family, CUSTOM_MAX_TURNS)
+        self.max_turns = _positive_int(default_turns if max_turns is None else max_turns, "max_turns")
         self.rewards = _merge_rewards(rewards)
         self.tool_timeout_s = float(tool_timeout_s)
         self.max_observation_chars = _positive_int(max_observation_chars, "max_observation_chars")
@@ -155,7 +181,10 @@ class ToolUseEnv(gym.Env[str, str]):
         return self._invalid_turn(action, problem) if problem else self._tool_turn(parsed)
 
     def _final_answer(self, action: str) -> _Turn:
-        success = is_correct(self._task, action, self._known_names)
+        if self.grader is not None:
+            success = bool(self.grader(self._task, action))
+        else:
+            success = is_correct(self._task, action, self._known_names)
         outcome = "correct" if success else "wrong"
         assistant = {"role": "assistant", "content": action}
         observation = "Correct." if success else "Wrong."
@@ -208,9 +237,26 @@ class ToolUseEnv(gym.Env[str, str]):
         difficulty = self._check_difficulty(options.get("difficulty", self.difficulty), "options['difficulty']")
         # Unseeded resets draw from the env's RNG, which reset(seed=...) seeded: sequences stay reproducible.
         task_seed = seed if seed is not None else int(self.np_random.integers(2**31))
+        if self.task_source is not None:
+            return self._source_task(task_seed, difficulty)
         return sample_task(self.task_family, task_seed, self.split, difficulty)
 
+    def _source_task(self, task_seed: int, difficulty: int | str) -> Task:
+        """A task from the user's source, checked: a wrong return type is named here, not three calls later."""
+        takes_difficulty = "difficulty" in _parameters(self.task_source)
+        rng = make_rng(task_seed, self.split)
+        kwargs = {"difficulty": difficulty} if takes_difficulty else {}
+        task = self.task_source(rng, self.split, **kwargs)
+        if isinstance(task, dict):
+            task = Task.from_dict(task)
+        if not isinstance(task, Task) or not isinstance(task.prompt, str) or not task.prompt:
+            name = getattr(self.task_source, "__name__", "task_source")
+            raise TypeError(f"task_source {name} must return a Task with a non-empty prompt, got {task!r:.200}")
+        return task
+
     def _check_difficulty(self, difficulty: int | str, field: str) -> int | str:
+        if self.task_source is not None:
+            return difficulty  # the source decides what its levels are
         allowed = levels(self.task_family)
         if difficulty != "mixed" and difficulty not in allowed:
             raise ValueError(f"{field} for {self.task_family} must be one of {allowed} or 'mixed', got {difficulty!r}")
@@ -249,6 +295,19 @@ def _build_tools(specs: Sequence[str | Callable], top_k: int) -> dict[str, Calla
             raise ValueError(f"tools: {spec!r} has no usable name or duplicates another tool's name")
         tools[name] = fn
     return tools
+
+
+def _check_callable(fn: Callable | None, field: str) -> Callable | None:
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{field} must be a callable, got {type(fn).__name__}")
+    return fn
+
+
+def _parameters(fn: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: call it with (rng, split) only
+        return set()
 
 
 def _merge_rewards(overrides: dict[str, float] | None) -> dict[str, float]:

@@ -7,6 +7,9 @@ uniformly among those that apply to the task; every failure mode ends in failure
   loop       keep calling the tool and never answer, until the turn limit truncates the episode
   typo       arithmetic: call the calculator with one operand mistyped, then report that (wrong) result
   one_hop    two-hop knowledge questions: stop after the first search and answer with the bridge entity
+
+A user task family (a `task_source` of ToolUseEnv) is played from `Task.solution`, the tool calls that solve the
+task: the expert makes them in order, then answers `Task.answer` (modes guess, malformed and loop apply).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 import gymnasium as gym
 
-import envs  # noqa: F401  (registers the environments for gym.make)
+import envs  # noqa: F401  (registers the environments for gym.make, as callers of this module expect)
 from envs.parsing import CLOSE_TAG, OPEN_TAG, format_tool_call
+from envs.registry import make_env
 from envs.tasks import Task
 from envs.tools.knowledge_base import get_knowledge_base
 
@@ -58,6 +62,8 @@ class ScriptedExpert:
 
     def applicable_modes(self, task: Task) -> list[str]:
         """Failure modes that make sense (and surely fail) for `task`."""
+        if task.family not in TOOL_OF_FAMILY and not task.solution:
+            return [mode for mode in ["guess"] if mode in self.modes] or ["guess"]
         modes = ["guess", "malformed", "loop"]
         modes += ["typo"] if task.family == "arithmetic" else []
         modes += ["one_hop"] if len(task.hops) > 1 else []
@@ -70,6 +76,8 @@ class ScriptedExpert:
 
     def _plan(self, task: Task, turn: int, tool_outputs: list[str]) -> str:
         """One turn of the current mode's script."""
+        if task.family not in TOOL_OF_FAMILY:
+            return self._plan_solution(task, turn)
         queries = [task.expression] if task.family == "arithmetic" else list(task.hops)
         if self.mode == "guess" or (self.mode == "malformed" and turn > 0):
             return final_answer(self._wrong_answer(task))
@@ -85,10 +93,23 @@ class ScriptedExpert:
             return _call(task, queries[turn])
         return final_answer(_read_answer(task, tool_outputs))
 
+    def _plan_solution(self, task: Task, turn: int) -> str:
+        """A user family's script: the solution's calls in order, then the answer (or the mode's failure)."""
+        calls = [format_tool_call(call["name"], call["arguments"]) for call in task.solution]
+        if self.mode == "guess" or (self.mode == "malformed" and turn > 0):
+            return final_answer(self._wrong_answer(task))
+        if self.mode == "malformed":
+            return calls[0].replace(CLOSE_TAG, "")  # an unclosed tag
+        if self.mode == "loop":
+            return calls[turn % len(calls)]
+        return calls[turn] if turn < len(calls) else final_answer(task.answer)
+
     def _wrong_answer(self, task: Task) -> str:
         """A plausible but wrong answer: a nearby number, or another entity of the same kind."""
         if task.answer_kind == "number":
             return str(int(float(task.answer)) + self.rng.choice([-1, 1]) * self.rng.randint(1, 12))
+        if task.family not in TOOL_OF_FAMILY:
+            return "unknown"
         kb = get_knowledge_base()
         kind = kb.by_name[task.answer].kind if task.answer in kb.by_name else "city"
         return self.rng.choice([e.name for e in kb.of_kind(kind) if e.name != task.answer])
@@ -161,9 +182,10 @@ def generate_demonstrations(
 ) -> list[dict[str, Any]]:
     """SFT conversations {"messages", "tools"} from `episodes` expert episodes (successful ones only if asked).
 
+    `env_id` is any spec `envs.make_env` takes (a registered id or `module:attr`).
     `difficulty` (None = the environment's default mix) and the expert's failure `modes` are passed through.
     """
-    env = gym.make(env_id, split=split, **({} if difficulty is None else {"difficulty": difficulty}))
+    env = make_env(env_id, split=split, **({} if difficulty is None else {"difficulty": difficulty}))
     expert = ScriptedExpert(noise=noise, seed=seed, modes=tuple(modes))
     seeds = random.Random(seed)
     rows = []
@@ -184,7 +206,7 @@ def generate_preference_pairs(
     """
     if noise >= 1.0:
         raise ValueError("noise must be < 1 for the chosen expert to succeed")
-    env = gym.make(env_id, split=split)
+    env = make_env(env_id, split=split)
     chosen_expert, rejected_expert = ScriptedExpert(noise, seed), ScriptedExpert(1.0, seed + 1)
     seeds = random.Random(seed)
     pairs: list[dict[str, Any]] = []

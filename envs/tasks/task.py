@@ -31,15 +31,15 @@ class Task:
     """The user message."""
     answer: str
     """The target answer: a number ("68") or a name ("Zorvath")."""
-    answer_kind: str
-    """"number" or "name": decides how a final answer is checked."""
-    difficulty: int
-    family: str
-    """"arithmetic" or "knowledge"."""
-    split: str
-    key: str
+    answer_kind: str = "number"
+    """"number" or "name": decides how the default grader checks a final answer."""
+    difficulty: int = 1
+    family: str = "custom"
+    """"arithmetic", "knowledge", or a user task source's name."""
+    split: str = "train"
+    key: str = ""
     """Identifies the underlying item (its hash decides the split), e.g. "23+45" or "population:Thatu"."""
-    phrasing: str
+    phrasing: str = ""
     """Template id, e.g. "add/2"; held-out ones end in "*" (used by the test split only)."""
     expression: str | None = None
     """Arithmetic: the calculator expression that solves the task."""
@@ -47,6 +47,9 @@ class Task:
     """Knowledge: the search queries to issue, in order."""
     intermediate: str | None = None
     """Knowledge, two hops: the bridge entity found by the first hop."""
+    solution: list[dict] = field(default_factory=list)
+    """User task families: the tool calls ({"name", "arguments"}) that solve the task, in order, for the scripted
+    expert (`--policy scripted`); empty when the task has none."""
 
     def to_dict(self) -> dict:
         """A plain JSON-serialisable dict (what `info["task"]` holds)."""
