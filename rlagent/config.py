@@ -285,15 +285,20 @@ def _load_file(path: str) -> tuple[dict, dict[str, str]]:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply to read") from None
 
 
+def _shorten(text: str, width: int = 80) -> str:
+    """An override as typed, cut to fit on the error line (a pasted 5000-digit value would bury the message)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     """`key.sub=value` -> (key, value parsed as YAML; empty = empty string)."""
     if "=" not in item:
-        raise ConfigError(f"command line: '{item}' is neither an option nor a key.sub=value override")
+        raise ConfigError(f"command line: '{_shorten(item)}' is neither an option nor a key.sub=value override")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"command line: override '{item}' has no key before '='")
-    where = f"command line: override '{item}'"
+    where = f"command line: override '{_shorten(item)}'"
     value = _parse_yaml(raw, where, in_file=False) if raw.strip() else ""
     return key, value
 
@@ -304,7 +309,7 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-        lines[key] = f"command line ({item!r})"
+        lines[key] = f"command line ('{_shorten(item)}')"
     source = str(path) if path is not None else "command line"
     if path is not None and overrides:
         source += " (+ command-line overrides)"

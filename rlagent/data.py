@@ -75,7 +75,7 @@ def parse_json_line(text: str, where: str) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}:{err.pos + 1}: malformed JSON ({err.msg})") from None
+        raise DataError(f"{where}:{err.pos + 1}: malformed JSON ({err.msg.removesuffix(' at')})") from None
     except RecursionError:
         raise DataError(f"{where}: malformed JSON (nested too deeply to read)") from None
     except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"

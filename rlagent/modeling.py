@@ -32,9 +32,11 @@ def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None
         raise ConfigError(f"{key}='{name_or_path}' is a file; pass the model's folder (with config.json) or 'tiny'")
     stage_output = _stage_output_dir(name_or_path)
     if stage_output is not None:
+        quickstart = os.path.dirname(stage_output) == os.path.join("runs", "quickstart")  # what make quickstart writes
         raise ConfigError(
             f"{key}='{name_or_path}' does not exist yet: it is written by the stage whose output_dir is "
-            f"'{stage_output}'; run {_producing_command(stage_output)} first (or `make quickstart` for all stages)"
+            f"'{stage_output}'; run {_producing_command(stage_output)} first"
+            + (" (or `make quickstart` for all stages)" if quickstart else "")
         )
     if _looks_like_hub_id(name_or_path):
         raise ConfigError(

@@ -134,6 +134,7 @@ def assert_one_error_line(text: str, fragments: list[str], workdir) -> None:
     assert "Traceback" not in text, text[-3000:]
     lines = [line for line in text.splitlines() if line.startswith("rlagent ")]
     assert len(lines) == 1, f"expected one 'rlagent ...: error' line, got:\n{text[-3000:]}"
+    assert len(lines[0]) < 400, f"an error line should be readable at a glance: {lines[0][:1000]}"
     for fragment in fill(fragments, workdir):
         assert fragment in lines[0], f"{fragment!r} missing from: {lines[0]}"
 
