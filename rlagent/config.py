@@ -119,7 +119,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got null")
     origin = typing.get_origin(inner)
-    bad = ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got {type(value).__name__} {value!r}")
+    bad = ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got {type(value).__name__} {value!r:.80}")
     if origin is Literal:
         if value not in typing.get_args(inner):
             raise bad
@@ -209,7 +209,7 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, str
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: '{full}' must be a mapping of {tp.__name__} fields, got {value!r}")
+                raise ConfigError(f"{where}: '{full}' must be a mapping of {tp.__name__} fields, got {value!r:.80}")
             kwargs[key] = _build(tp, value, full + ".", source, lines, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, full, where)

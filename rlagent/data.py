@@ -100,7 +100,8 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 def check_messages(messages, where: str, field: str = "messages") -> None:
     """Validate an HF-format chat list; errors name the place and the field."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: '{field}' must be a non-empty list of messages, got {_json_type(messages)}")
+        got = "an empty list" if messages == [] else _json_type(messages)
+        raise DataError(f"{where}: '{field}' must be a non-empty list of messages, got {got}")
     for i, msg in enumerate(messages):
         name = f"{field}[{i}]"
         if not isinstance(msg, dict):

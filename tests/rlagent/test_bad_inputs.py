@@ -103,6 +103,9 @@ CASES = [
     ("ppo-before-rm", ["ppo", "--config", PPO, "model.name_or_path=tiny", *SMALL_MODEL],
      ["reward.model_path='runs/quickstart/reward/final'", f"`rlagent reward --config {REWARD}`"]),
     ("ppo-model-file", ["ppo", "model.name_or_path={d}/list.yaml"], ["model.name_or_path='{d}/list.yaml' is a file"]),
+    ("ppo-checkpoint", ["ppo", "model.name_or_path=runs/x/checkpoints/step-5"],
+     ["model.name_or_path='runs/x/checkpoints/step-5'", "output_dir is 'runs/x'", "output_dir: runs/x"]),
+    ("ppo-no-folder", ["ppo", "model.name_or_path=./no/model"], ["model.name_or_path='./no/model'", "no such folder"]),
     ("ppo-hub-id", ["ppo", "model.name_or_path=Org/Some-Model"], ["model.name_or_path='Org/Some-Model'", "download"]),
 ]  # fmt: skip
 # Real subprocesses: one of each family (data line, config file, override, stage order).
