@@ -34,7 +34,7 @@ def check_input_file(path: str, key: str = "data.path") -> None:
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises DataError naming file:line[:column].
+    """Yield (line number, object) for each non-blank line; a bad line raises DataError naming file:line (and column).
 
     Bytes are read and decoded line by line, so invalid UTF-8 is reported at its line; a UTF-8 byte-order mark on
     the first line is dropped (editors on Windows add one).
@@ -64,7 +64,7 @@ def _decode_line(raw: bytes, where: str) -> str:
     except UnicodeDecodeError as err:
         column = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
         raise DataError(
-            f"{where}:{column}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+            f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column}); save the file as UTF-8"
         ) from None
 
 
@@ -75,7 +75,7 @@ def parse_json_line(text: str, where: str) -> dict:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}:{err.pos + 1}: malformed JSON ({err.msg.removesuffix(' at')})") from None
+        raise DataError(f"{where}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.pos + 1})") from None
     except RecursionError:
         raise DataError(f"{where}: malformed JSON (nested too deeply to read)") from None
     except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"

@@ -69,10 +69,19 @@ def test_byte_order_mark_crlf_and_blank_lines_read_like_plain_lines(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b'{"a": 1}\n{"a": [1, 2\n', ":2:12: malformed JSON (Expecting ',' delimiter)"),  # not column 1 of line 3
-        (b'{"a": 1}\r\n{"a": }\r\n', ":2:7: malformed JSON (Expecting value)"),
-        (b'{"a": "\xc3\xa9\xff"}\n', ":1:9: not valid UTF-8 (byte 0xff)"),  # columns count characters, not bytes
-        (b'{"a": "\xef\xbb\xbf"}\n{"b": 1}\n\xef\xbb\xbf{"c": 1}\n', ":3:1: malformed JSON"),  # BOM only on line 1
+        (
+            b'{"a": 1}\n{"a": [1, 2\n',
+            ":2: malformed JSON (Expecting ',' delimiter at column 12)",
+        ),  # not column 1 of line 3
+        (b'{"a": 1}\r\n{"a": }\r\n', ":2: malformed JSON (Expecting value at column 7)"),
+        (
+            b'{"a": "\xc3\xa9\xff"}\n',
+            ":1: not valid UTF-8 (byte 0xff at column 9)",
+        ),  # columns count characters, not bytes
+        (
+            b'{"a": "\xef\xbb\xbf"}\n{"b": 1}\n\xef\xbb\xbf{"c": 1}\n',
+            ":3: malformed JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)",
+        ),  # BOM only on line 1
         (b'{"n": ' + b"7" * 4301 + b"}\n", ":1: unreadable JSON value (Exceeds the limit (4300 digits)"),
         (b'{"n": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", ":1: malformed JSON (nested too deeply to read)"),
         (b'"just a string"\n', ":1: expected a JSON object, got string"),
