@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import re
 
-from rlagent.data import DataError, check_messages, iter_jsonl
+from rlagent.data import DataError, check_messages, check_tools, iter_jsonl
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 NAME = re.compile(r"\b[A-Z][a-z]+\b")
@@ -28,7 +29,7 @@ def read_pairs(path: str) -> list[dict]:
     for lineno, obj in iter_jsonl(path):
         pairs.append(check_pair(obj, f"{path}:{lineno}"))
     if not pairs:
-        raise DataError(f"{path}: no preference pairs found")
+        raise DataError(f"{path}: no preference pairs found (the file is empty or blank)")
     return pairs
 
 
@@ -42,17 +43,25 @@ def check_pair(obj: dict, where: str) -> dict:
         check_messages(obj["prompt"], where, "prompt")
     if obj["chosen"] == obj["rejected"]:
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical")
-    tools = obj.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise DataError(f"{where}: 'tools' must be a list of JSON schemas")
+    tools = check_tools(obj.get("tools"), where)
     margin = obj.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)):
-        raise DataError(f"{where}: 'margin' must be a number")
+    if margin is not None and not _is_finite_number(margin):
+        raise DataError(f"{where}: 'margin' must be a finite number, got {margin!r:.40}")
     pair = {"prompt": obj.get("prompt", []), "chosen": obj["chosen"], "rejected": obj["rejected"], "tools": tools}
     if margin is not None:
         pair["margin"] = float(margin)
     pair["kind"] = str(obj.get("kind", "file"))
     return pair
+
+
+def _is_finite_number(value) -> bool:
+    """JSON allows huge integers and Python's reader NaN/Infinity; a margin must be an ordinary float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def pair_conversations(pair: dict) -> tuple[list[dict], list[dict]]:

@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"rlagent: unknown command '{command}'\n\n{usage()}")
-    from rlagent.config import run_main
+    from rlagent.config import precheck_args, run_main
 
+    if command in ("sft", "reward", "ppo"):
+        precheck_args(rest, prog=f"rlagent {command}")  # before the stage module imports torch (seconds)
     module = importlib.import_module(COMMANDS[command][0])
     run_main(module.main, rest, prog=f"rlagent {command}")
 

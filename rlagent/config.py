@@ -119,7 +119,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got null")
     origin = typing.get_origin(inner)
-    bad = ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got {type(value).__name__} {value!r}")
+    bad = ConfigError(f"{where}: '{key}' must be {type_name(tp)}, got {type(value).__name__} {value!r:.80}")
     if origin is Literal:
         if value not in typing.get_args(inner):
             raise bad
@@ -159,18 +159,37 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: '{key}' has an unsupported type {tp}")
 
 
-def _line_map(node: yaml.Node, prefix: str = "", out: dict | None = None) -> dict[str, int]:
-    """Map dotted key -> 1-based line number from a composed YAML node tree."""
+def _line_map(node: yaml.Node, source: str, prefix: str = "", out: dict | None = None) -> dict[str, str]:
+    """Map dotted key -> "file:line" from a composed YAML node tree. A key set twice in one mapping is an error:
+    YAML loaders keep the last value silently, so the first one would be lost without a word."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            out[key] = key_node.start_mark.line + 1
-            _line_map(value_node, key + ".", out)
+            where = f"{source}:{key_node.start_mark.line + 1}"
+            if key in out:
+                raise ConfigError(f"{where}: key '{key}' is set twice (first at {out[key]}); keep one")
+            out[key] = where
+            _line_map(value_node, source, key + ".", out)
     return out
 
 
-def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int], base: Any = None) -> Any:
+def _yaml_problem(err: yaml.YAMLError, text: str) -> tuple[str, str]:
+    """(":line:column" or "", one-line description) of a YAML error; PyYAML's own text spans several lines."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML forbids (NUL, other controls): a bare offset
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - text.rfind("\n", 0, err.position)
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        return f":{line}:{column}", f"character {char!r} is not allowed ({err.reason})"
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return "", " ".join(str(err).split())
+    mark = err.problem_mark or err.context_mark
+    position = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    text = ", ".join(part for part in (err.context, err.problem) if part)
+    return position, " ".join(text.split())
+
+
+def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, str], base: Any = None) -> Any:
     """Recursively build dataclass `cls` from a nested dict on top of `base` (its defaults), checking every key/type.
 
     Starting from the default instance keeps a stage's own defaults for a shared piece (PPO's constant-lr optimiser)
@@ -182,7 +201,7 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
-        where = f"{source}:{lines[full]}" if full in lines else source
+        where = lines.get(full, source)
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
@@ -190,7 +209,7 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, int
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: '{full}' must be a mapping of {tp.__name__} fields, got {value!r}")
+                raise ConfigError(f"{where}: '{full}' must be a mapping of {tp.__name__} fields, got {value!r:.80}")
             kwargs[key] = _build(tp, value, full + ".", source, lines, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, full, where)
@@ -210,33 +229,91 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _read_text(path: str) -> str:
+    """The config file's text; every way it can be unreadable becomes one ConfigError that says what the path is."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file (pass a .yaml file)")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")  # -sig: a byte-order mark from a Windows editor is not part of the YAML
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = len(raw[raw.rfind(b"\n", 0, err.start) + 1 : err.start].decode("utf-8", errors="replace")) + 1
+        raise ConfigError(
+            f"{path}:{line}:{column}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def _parse_yaml(text: str, where: str, in_file: bool = True) -> Any:
+    """yaml.safe_load with its failures as one-line ConfigErrors: syntax (file:line:column, or the column within an
+    override's value), integers over Python's digit limit, nesting too deep to read."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        position, problem = _yaml_problem(err, text)
+        if not in_file:
+            column = position.rsplit(":", 1)[-1]
+            raise ConfigError(
+                f"{where}: invalid YAML value{f' at column {column}' if column else ''}: {problem}"
+            ) from None
+        raise ConfigError(f"{where}{position}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply to read") from None
+    except ValueError as err:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ConfigError(f"{where}: unreadable YAML value: {str(err).split(';')[0]}") from None
+
+
+def _load_file(path: str) -> tuple[dict, dict[str, str]]:
+    """(nested dict, dotted key -> "file:line") of a YAML config file; the top level must be a mapping."""
+    text = _read_text(path)
+    data = _parse_yaml(text, path)
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys (key: value lines), got {type(data).__name__}"
+        )
+    try:
+        return data, _line_map(yaml.compose(text), path)
+    except RecursionError:  # a recursive alias (a: &x {b: *x}) loads, but cannot be walked
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply to read") from None
+
+
+def _shorten(text: str, width: int = 80) -> str:
+    """An override as typed, cut to fit on the error line (a pasted 5000-digit value would bury the message)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """`key.sub=value` -> (key, value parsed as YAML; empty = empty string)."""
+    if "=" not in item:
+        raise ConfigError(f"command line: '{_shorten(item)}' is neither an option nor a key.sub=value override")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"command line: override '{item}' has no key before '='")
+    where = f"command line: override '{_shorten(item)}'"
+    value = _parse_yaml(raw, where, in_file=False) if raw.strip() else ""
+    return key, value
+
+
 def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
     """Build `cls` from a YAML file and `key.sub=value` overrides (overrides win)."""
-    data: dict = {}
-    lines: dict[str, int] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        try:
-            node = yaml.compose(text)
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        lines = _line_map(node) if node is not None else {}
+    data, lines = _load_file(path) if path is not None else ({}, {})
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"command line: override '{item}' must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-        lines.pop(key.strip(), None)
-    source_desc = source if not overrides else f"{source} (+ command-line overrides)"
-    return _build(cls, data, "", source_desc if path else "command line", lines)
+        key, value = _parse_override(item)
+        _set_dotted(data, key, value)
+        lines[key] = f"command line ('{_shorten(item)}')"
+    source = str(path) if path is not None else "command line"
+    if path is not None and overrides:
+        source += " (+ command-line overrides)"
+    return _build(cls, data, "", source, lines)
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -275,6 +352,22 @@ def run_main(main, argv: list[str] | None = None, prog: str = "rlagent"):
         return main(argv)
     except (ConfigError, DataError) as err:
         raise SystemExit(f"{prog}: error: {err}") from None
+
+
+def precheck_args(argv: list[str], prog: str = "rlagent") -> None:
+    """Read the --config file and parse the key=value overrides before a stage imports torch: an unreadable file or
+    malformed YAML is reported in a fraction of a second. Keys and types are checked later, against the stage's
+    dataclass, by parse_args."""
+    if "-h" in argv or "--help" in argv:
+        return
+    try:
+        if "--config" in argv and argv.index("--config") + 1 < len(argv):
+            _load_file(argv[argv.index("--config") + 1])
+        for item in argv:
+            if "=" in item and not item.startswith("-"):
+                _parse_override(item)
+    except ConfigError as err:
+        raise SystemExit(f"{prog}: config error: {err}") from None
 
 
 def parse_args(cls: type, argv: list[str] | None = None, prog: str = "rlagent") -> Any:

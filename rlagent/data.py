@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -16,19 +18,77 @@ class DataError(ValueError):
     """Malformed input data; the message names the file and line."""
 
 
+# A conversation is kilobytes; a line this long is almost surely a wrong file (a binary, a JSON array of the whole
+# data set), and reading it whole could exhaust memory before any error is shown.
+MAX_LINE_BYTES = 64 * 2**20
+
+
+def check_input_file(path: str, key: str = "data.path") -> None:
+    """A data path must be a readable regular file; the error says what it is instead (missing, a folder)."""
+    if os.path.isdir(path):
+        raise DataError(f"{key}: {path} is a directory, not a JSONL file")
+    if not os.path.exists(path):
+        raise DataError(f"{key}: file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{key}: {path} is not readable (permission denied)")
+
+
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a malformed line raises DataError naming file:line."""
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
+    """Yield (line number, object) for each non-blank line; a bad line raises DataError naming file:line (and column).
+
+    Bytes are read and decoded line by line, so invalid UTF-8 is reported at its line; a UTF-8 byte-order mark on
+    the first line is dropped (editors on Windows add one).
+    """
+    try:
+        handle = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the file ({err.strerror})") from None
+    with handle:
+        for lineno in itertools.count(1):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES:,} bytes; is this a JSONL file?")
+            text = _decode_line(raw, f"{path}:{lineno}")
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")
+            if not text.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            yield lineno, parse_json_line(text, f"{path}:{lineno}")
+
+
+def _decode_line(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        column = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
+        raise DataError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
+
+
+def parse_json_line(text: str, where: str) -> dict:
+    """One JSON object from one line. Every way json.loads can fail on hostile input becomes a DataError: syntax
+    (with the column, counted without the line's newline), integers over Python's digit limit, deep nesting."""
+    text = text.rstrip("\r\n")  # else an error at the end of the line is reported at column 1 of the next line
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: malformed JSON ({err.msg.removesuffix(' at')} at column {err.pos + 1})") from None
+    except RecursionError:
+        raise DataError(f"{where}: malformed JSON (nested too deeply to read)") from None
+    except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise DataError(f"{where}: unreadable JSON value ({str(err).split(';')[0]})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _json_type(value) -> str:
+    """JSON's name for a parsed value's type (users wrote JSON, not Python)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
@@ -40,28 +100,68 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 def check_messages(messages, where: str, field: str = "messages") -> None:
     """Validate an HF-format chat list; errors name the place and the field."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: '{field}' must be a non-empty list of messages")
+        got = "an empty list" if messages == [] else _json_type(messages)
+        raise DataError(f"{where}: '{field}' must be a non-empty list of messages, got {got}")
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
-            raise DataError(f"{where}: '{field}[{i}].role' must be one of {sorted(ROLES)}")
+        name = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise DataError(f"{where}: '{name}' must be an object with 'role' and 'content', got {_json_type(msg)}")
+        if msg.get("role") not in ROLES:
+            raise DataError(f"{where}: '{name}.role' must be one of {sorted(ROLES)}, got {msg.get('role')!r}")
+        if msg.get("tool_calls"):
+            _check_tool_calls(msg, where, name)
+        elif "content" not in msg:  # only a message that calls tools may omit its text
+            raise DataError(f"{where}: '{name}' has no 'content'")
         if not isinstance(msg.get("content", ""), str | type(None)):
-            raise DataError(f"{where}: '{field}[{i}].content' must be a string")
+            raise DataError(f"{where}: '{name}.content' must be a string, got {_json_type(msg['content'])}")
+
+
+def _check_tool_calls(msg: dict, where: str, name: str) -> None:
+    """HF tool calls: a list of {"function": {"name": str, "arguments": object or JSON string}} (or the function
+    fields directly); chat templates render these fields, and a wrong shape would render as silent garbage."""
+    calls = msg["tool_calls"]
+    if msg["role"] != "assistant" or not isinstance(calls, list):
+        raise DataError(f"{where}: '{name}.tool_calls' must be a list, on an assistant message")
+    for j, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(f"{where}: '{name}.tool_calls[{j}]' must be an object with function.name")
+        if not isinstance(function.get("arguments", {}), dict | str):
+            raise DataError(f"{where}: '{name}.tool_calls[{j}]' arguments must be an object or a JSON string")
+
+
+def check_tools(tools, where: str) -> list[dict] | None:
+    """The optional `tools` field: a list of JSON schemas ({"type": "function", "function": {...}} or the function
+    object itself), each with a name; None or [] means no tools. Returns the tools, None when there are none."""
+    if tools is None or tools == []:
+        return None
+    if not isinstance(tools, list):
+        raise DataError(f"{where}: 'tools' must be a list of JSON schemas, got {_json_type(tools)}")
+    for i, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(f"{where}: 'tools[{i}]' must be a JSON schema with a function name, got {tool!r:.60}")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise DataError(f"{where}: 'tools[{i}]' parameters must be a JSON schema object")
+    return tools
 
 
 def iter_conversations(path: str) -> Iterator[dict]:
-    """Stream SFT conversations `{"messages": [...], "tools": [...]}` from JSONL, validating every line."""
+    """Stream SFT conversations `{"messages": [...], "tools": [...], "where": "file:line"}` from JSONL, validating
+    every line (the same checks as preference pairs)."""
     found = False
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if "messages" not in obj:
             raise DataError(f"{where}: missing field 'messages'")
         check_messages(obj["messages"], where)
+        tools = check_tools(obj.get("tools"), where)
         if not any(m["role"] == "assistant" for m in obj["messages"]):
             raise DataError(f"{where}: conversation has no assistant message to learn from")
         found = True
-        yield {"messages": obj["messages"], "tools": obj.get("tools") or None}
+        yield {"messages": obj["messages"], "tools": tools, "where": where}
     if not found:
-        raise DataError(f"{path}: no conversations found")
+        raise DataError(f"{path}: no conversations found (the file is empty or blank)")
 
 
 def read_conversations(path: str) -> list[dict]:
@@ -88,6 +188,20 @@ def tokenize_conversation(tokenizer, messages: list[dict], tools, max_length: in
         raise DataError("the chat template marked no assistant tokens; it needs {% generation %} blocks")
     truncated = len(ids) > max_length
     return TokenizedConversation(ids[:max_length], mask[:max_length], truncated)
+
+
+def tokenize_row(tokenizer, row: dict, max_length: int, where: str) -> TokenizedConversation:
+    """tokenize_conversation, with a template failure (a field the checks let through but this model's template
+    cannot render) reported at the row's file:line instead of as a traceback from inside Jinja."""
+    import jinja2
+
+    try:
+        return tokenize_conversation(tokenizer, row["messages"], row["tools"], max_length)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    except (jinja2.TemplateError, ValueError, TypeError, KeyError) as err:
+        detail = " ".join(str(err).split())  # one line, whatever Jinja put in the message
+        raise DataError(f"{where}: the chat template cannot render this conversation ({detail})") from None
 
 
 class TokenizedDataset:
@@ -125,8 +239,8 @@ def tokenized_dataset(rows: Iterable[dict], tokenizer, max_length: int, cache_di
     import datasets
 
     def generate():
-        for row in rows:
-            t = tokenize_conversation(tokenizer, row["messages"], row["tools"], max_length)
+        for n, row in enumerate(rows, start=1):
+            t = tokenize_row(tokenizer, row, max_length, row.get("where", f"conversation {n}"))
             yield {"input_ids": t.input_ids, "assistant_mask": t.assistant_mask, "truncated": t.truncated,
                    "length": len(t.input_ids)}  # fmt: skip
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rlagent.config import ConfigError, ModelConfig
@@ -21,13 +24,62 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None:
-    """No network at run time: a hub id that is not a local folder gets a one-line, actionable error."""
-    if name_or_path != TINY and not os.path.isdir(name_or_path):
+    """No network at run time: anything but 'tiny' or an existing local folder gets a one-line, actionable error
+    that says what the path is (a file, a stage output not written yet, a hub id)."""
+    if name_or_path == TINY or os.path.isdir(name_or_path):
+        return
+    if os.path.exists(name_or_path):
+        raise ConfigError(f"{key}='{name_or_path}' is a file; pass the model's folder (with config.json) or 'tiny'")
+    stage_output = _stage_output_dir(name_or_path)
+    if stage_output is not None:
+        quickstart = os.path.dirname(stage_output) == os.path.join("runs", "quickstart")  # what make quickstart writes
+        raise ConfigError(
+            f"{key}='{name_or_path}' does not exist yet: it is written by the stage whose output_dir is "
+            f"'{stage_output}'; run {_producing_command(stage_output)} first"
+            + (" (or `make quickstart` for all stages)" if quickstart else "")
+        )
+    if _looks_like_hub_id(name_or_path):
         raise ConfigError(
             f"{key}='{name_or_path}' is not a local folder; rlagent does not download weights. "
             "Download the model elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass DIR, "
             "or use 'tiny'."
         )
+    raise ConfigError(f"{key}='{name_or_path}': no such folder; pass a local model folder or 'tiny'")
+
+
+def _stage_output_dir(path: str) -> str | None:
+    """OUTPUT_DIR when `path` is a folder a training stage writes (OUTPUT_DIR/final or .../checkpoints/step-N)."""
+    parts = os.path.normpath(path).split(os.sep)
+    if parts[-1] == "final" and len(parts) > 1:
+        return os.path.join(*parts[:-1])
+    if len(parts) > 2 and parts[-2] == "checkpoints" and re.fullmatch(r"step-\d+", parts[-1]):
+        return os.path.join(*parts[:-2])
+    return None
+
+
+def _producing_command(output_dir: str) -> str:
+    """`rlagent STAGE --config FILE` for the config under ./configs whose output_dir is `output_dir` (the stage is
+    the file's name: sft, reward or ppo); a generic hint when none matches."""
+    for config in sorted(glob.glob(os.path.join("configs", "**", "*.yaml"), recursive=True)):
+        stage = os.path.splitext(os.path.basename(config))[0]
+        if stage in ("sft", "reward", "ppo") and _config_output_dir(config) == os.path.normpath(output_dir):
+            return f"`rlagent {stage} --config {config}`"
+    return f"the stage (`rlagent sft|reward --config FILE`) with output_dir: {output_dir}"
+
+
+def _config_output_dir(config: str) -> str | None:
+    try:
+        with open(config, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, ValueError, yaml.YAMLError):  # an unrelated broken file must not hide the real error
+        return None
+    value = data.get("output_dir") if isinstance(data, dict) else None
+    return os.path.normpath(value) if isinstance(value, str) else None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'org/name' or 'name': what a user copies from the Hub; a path with more parts or a ./ or / is local."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
 def load_tokenizer(name_or_path: str):

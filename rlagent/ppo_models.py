@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from rlagent.config import ConfigError
-from rlagent.modeling import apply_lora, disable_dropout, load_causal_lm
+from rlagent.modeling import apply_lora, check_local_path, disable_dropout, load_causal_lm
 from rlagent.ppo_core import align_values, token_entropy, token_logprobs
 
 
@@ -40,6 +40,8 @@ def load_value_model(init: str, policy, rm_path: str | None, dtype):
 
 def load_models(cfg, tokenizer):
     """(policy, reference or None, value or None, reward model or None) on CPU; the caller places them."""
+    if cfg.reward.model_path and (cfg.reward.rm_weight != 0 or cfg.value.init == "reward_model"):
+        check_local_path(cfg.reward.model_path, "reward.model_path")  # before minutes of building the others
     policy = load_causal_lm(cfg.model, tokenizer, cfg.seed)
     reference = None
     if not cfg.model.lora.enabled:

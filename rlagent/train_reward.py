@@ -37,7 +37,7 @@ from reward_models.scoring import (
     render_many_for_reward,
 )
 from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
-from rlagent.data import DataError, write_jsonl
+from rlagent.data import DataError, check_input_file, write_jsonl
 from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_tokenizer
 from rlagent.tracking import Progress, Tracker
 from rlagent.training import (
@@ -127,8 +127,7 @@ def load_pairs(cfg: RewardConfig) -> list[dict]:
     if cfg.data.source == "file":
         if not cfg.data.path:
             raise DataError("data.path must be set when data.source is 'file'")
-        if not os.path.isfile(cfg.data.path):
-            raise DataError(f"data.path: file not found: {cfg.data.path}")
+        check_input_file(cfg.data.path, "data.path")
         return read_pairs(cfg.data.path)
     from envs.experts import generate_preference_pairs
 

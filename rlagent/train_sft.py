@@ -26,6 +26,7 @@ from rlagent.data import (
     DataError,
     TokenizedConversation,
     TokenizedDataset,
+    check_input_file,
     collate_right_padded,
     iter_conversations,
     tokenized_dataset,
@@ -97,8 +98,7 @@ def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
     if cfg.data.source == "file":
         if not cfg.data.path:
             raise DataError("data.path must be set when data.source is 'file'")
-        if not os.path.isfile(cfg.data.path):
-            raise DataError(f"data.path: file not found: {cfg.data.path}")
+        check_input_file(cfg.data.path, "data.path")
         stat = os.stat(cfg.data.path)
         return iter_conversations(cfg.data.path), f"{os.path.abspath(cfg.data.path)}|{stat.st_size}|{stat.st_mtime_ns}"
     from envs.experts import generate_demonstrations

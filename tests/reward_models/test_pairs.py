@@ -27,7 +27,10 @@ def test_both_trl_formats_read_the_same(tmp_path):
         ({"chosen": CONV, "rejected": "The answer is 7."}, "'rejected' must be a non-empty list of messages"),
         ({"chosen": CONV, "rejected": [{"role": "robot", "content": "x"}]}, "'rejected[0].role' must be one of"),
         ({"prompt": CONV[:1], "chosen": CONV[1:], "rejected": CONV[1:]}, "'chosen' and 'rejected' are identical"),
-        ({"chosen": CONV, "rejected": CONV[:2], "margin": "big"}, "'margin' must be a number"),
+        ({"chosen": CONV, "rejected": CONV[:2], "margin": "big"}, "'margin' must be a finite number"),
+        ({"chosen": CONV, "rejected": CONV[:2], "margin": float("nan")}, "'margin' must be a finite number"),
+        ({"chosen": CONV, "rejected": CONV[:2], "tools": "calculator"}, "'tools' must be a list of JSON schemas"),
+        ({"chosen": CONV, "rejected": CONV[:2], "tools": [{"type": "function"}]}, "'tools[0]' must be a JSON schema"),
     ],
 )
 def test_bad_pair_names_file_line_and_field(tmp_path, bad, message):

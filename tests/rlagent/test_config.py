@@ -45,6 +45,54 @@ def test_missing_file():
         load_config(SFTConfig, "/nope/c.yaml")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"seed: 1\nmax_steps: 5\nseed: 2\n", ":3: key 'seed' is set twice (first at {path}:1)"),
+        (b"model:\n  tiny:\n    num_layers: 2\n    num_layers: 3\n", ":4: key 'model.tiny.num_layers' is set twice"),
+        (b"seed: 1\nmax_steps: \xc3\xa9\xff\n", ":2:13: not valid UTF-8 (byte 0xff)"),
+        (b"seed: [1\n", ":2:1: invalid YAML: while parsing a flow sequence"),
+        (b"seed: 1\x00\n", ":1:8: invalid YAML: character '\\x00' is not allowed"),
+        (b"- seed\n", ": the top level must be a mapping of keys (key: value lines), got list"),
+        (b"seed: " + b"1" * 4301 + b"\n", ": unreadable YAML value: Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_unreadable_config_names_file_line_and_column(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, str(path))
+    assert str(err.value).startswith(f"{path}{message.format(path=path)}")
+    assert "\n" not in str(err.value)
+
+
+def test_byte_order_mark_is_not_part_of_the_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbfseed: 4\n")
+    assert load_config(SFTConfig, str(path)).seed == 4
+
+
+def test_config_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory, not a config file"):
+        load_config(SFTConfig, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.env_ids=[oops", "command line: override 'data.env_ids=[oops': invalid YAML value at column 6"),
+        ("max_steps", "command line: 'max_steps' is neither an option nor a key.sub=value override"),
+        ("=3", "command line: override '=3' has no key before '='"),
+        ("data.pathh=x", "command line ('data.pathh=x'): unknown key 'data.pathh'; did you mean 'data.path'?"),
+        ("max_steps=ten", "command line ('max_steps=ten'): 'max_steps' must be int, got str 'ten'"),
+    ],
+)
+def test_bad_override_names_the_override(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, None, [override])
+    assert str(err.value) == message or str(err.value).startswith(message)
+
+
 def test_help_lists_every_field(capsys):
     from rlagent.train_sft import main
 
