@@ -46,6 +46,7 @@ __all__ = [
     "run_episodes",
     "sample_categorical",
     "supports_cache_reuse",
+    "truncation_penalty",
 ]
 
 
