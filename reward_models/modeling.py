@@ -29,7 +29,7 @@ def build_tiny_reward_model(cfg: TinyModelConfig, tokenizer, seed: int) -> Llama
 
 
 def init_score_head(model, seed: int) -> None:
-    """PPO_CHECKLIST D.16: scalar head weights ~ N(0, std=1/√(d+1)), bias 0, so initial scores are O(1).
+    """docs/ppo.md D.16: scalar head weights ~ N(0, std=1/√(d+1)), bias 0, so initial scores are O(1).
 
     HF's default (std = initializer_range = 0.02) gives near-constant initial scores; 1/√(d+1) is the N+
     implementation detail (OpenRLHF's 1/(d+1) is a typo).

@@ -34,16 +34,10 @@ import time
 
 import torch
 
-from rlagent.rollout import ModelPolicy
-from rlagent.rollout_cli import (
-    add_policy_arguments,
-    console,
-    episode_records,
-    load_policy,
-    play,
-    summarize,
-    wording_cell,
-)
+from rlagent.decoding import ModelPolicy
+from rlagent.policies import add_policy_arguments, load_policy
+from rlagent.rollout import play
+from rlagent.transcripts import console, episode_records, summarize, wording_cell
 
 FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
 

@@ -1,4 +1,8 @@
-"""Load policy, reference, value and reward backbones: the embedded 'tiny' default or any local Hugging Face folder."""
+"""Load tokenizers and causal-LM backbones (the policy and its reference): the embedded 'tiny' default or a local
+Hugging Face folder; plus the dropout and LoRA helpers the stages apply to them.
+
+Value models are built in rlagent.ppo_models and reward models in reward_models.modeling, both on top of this module.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,16 @@
-"""What PPO plays each iteration: episode seeds, the difficulty curriculum, and the sample-trajectory table."""
+"""What PPO plays each iteration: episode seeds and the difficulty curriculum.
+
+render_transcript and sample_rows (the sample-trajectory table) live in rlagent.transcripts; they are re-exported
+here for code that still imports them from this module.
+"""
 
 from __future__ import annotations
 
 from collections import deque
+
+from rlagent.transcripts import render_transcript, sample_rows
+
+__all__ = ["Curriculum", "episode_seeds", "render_transcript", "sample_rows"]
 
 
 def episode_seeds(seed: int, iteration: int, rank: int, n: int, group_size: int = 1) -> list[int]:
@@ -51,42 +59,3 @@ class Curriculum:
         self.level.update(state["level"])
         for name, values in state["window"].items():
             self.window[name] = deque(values, maxlen=self.cfg.window)
-
-
-def render_transcript(tokenizer, input_ids, policy_mask, attention_mask) -> str:
-    """Decode one episode with policy tokens wrapped in [[...]] so a reader sees exactly what was trained on."""
-    parts, current, current_is_policy = [], [], None
-    for token, is_policy, real in zip(input_ids.tolist(), policy_mask.tolist(), attention_mask.tolist()):
-        if not real:
-            break
-        if current and bool(is_policy) != current_is_policy:
-            text = tokenizer.decode(current, skip_special_tokens=False)
-            parts.append(f"[[{text}]]" if current_is_policy else text)
-            current = []
-        current.append(token)
-        current_is_policy = bool(is_policy)
-    if current:
-        text = tokenizer.decode(current, skip_special_tokens=False)
-        parts.append(f"[[{text}]]" if current_is_policy else text)
-    return "".join(parts)
-
-
-def sample_rows(traj, tokenizer, env_names: list[str], scores, n: int = 4) -> tuple[list[str], list[list]]:
-    """(columns, rows) for the sample-trajectory table: the first n episodes of the batch."""
-    columns = ["env", "task", "transcript", "score", "env_reward", "success", "turns"]
-    rows = []
-    for i in range(min(n, len(traj))):
-        task = traj.tasks[i].get("prompt", "") if isinstance(traj.tasks[i], dict) else str(traj.tasks[i])
-        transcript = render_transcript(tokenizer, traj.input_ids[i], traj.policy_mask[i], traj.attention_mask[i])
-        rows.append(
-            [
-                env_names[i],
-                task,
-                transcript,
-                float(scores[i]),
-                float(traj.env_reward[i]),
-                bool(traj.success[i]),
-                int(traj.turns[i]),
-            ]
-        )
-    return columns, rows

@@ -124,7 +124,7 @@ def print_table(results: dict, seconds: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlagent.rollout_cli import wording_cell
+    from rlagent.transcripts import wording_cell
 
     table = Table(title="rlagent quickstart: held-out (test split) results")
     columns = (

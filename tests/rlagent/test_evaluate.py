@@ -9,9 +9,9 @@ from envs.experts import ScriptedExpert
 from rlagent.config import TinyModelConfig
 from rlagent.data import read_conversations, tokenize_conversation
 from rlagent.evaluate import compare, evaluate_policy, wilson_interval
-from rlagent.rollout import TextPolicy
-from rlagent.rollout_cli import wording_breakdown, wording_cell
+from rlagent.policies import TextPolicy
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.transcripts import wording_breakdown, wording_cell
 from tests.rlagent.scripted_models import CountdownScript, first_token_tiny, rigged_tiny
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"

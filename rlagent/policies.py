@@ -1,0 +1,113 @@
+"""Policies a rollout can be played with, and how `rlagent rollout` / `rlagent eval` load one from its spec.
+
+A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`), `tiny` (the untrained tiny
+default), `scripted` (the scripted expert; mistakes with probability --noise per episode) or `random` (random text and
+often malformed tool calls). Text policies (scripted, random) go through TextPolicy; models through ModelPolicy
+(rlagent.decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+from collections.abc import Callable
+
+import torch
+from transformers.utils import logging
+
+from rlagent.chat import encode
+from rlagent.config import ModelConfig
+from rlagent.decoding import ModelPolicy
+from rlagent.modeling import load_causal_lm, load_tokenizer
+
+PRINTABLE = string.ascii_letters + string.digits + string.punctuation + " "
+
+
+class TextPolicy:
+    """A text-producing policy, e.g. a scripted expert; its text is tokenised and closed with the eos token.
+
+    TextPolicy(fn, tok): fn(messages, task) -> assistant text, one function for all episodes.
+    TextPolicy(make, tok, per_episode=True): make(seed) -> fn, a fresh actor per episode (seeded by its reset seed),
+    so a stateful actor gives the same episode whatever the batch it runs in.
+    """
+
+    def __init__(self, fn: Callable, tokenizer, per_episode: bool = False):
+        self.fn, self.tokenizer, self.per_episode = fn, tokenizer, per_episode
+        self.eos_id = tokenizer.eos_token_id
+
+    def act(self, episodes: list) -> list[list[int]]:
+        return [self.encode(self._actor(ep)(ep.messages, ep.task)) for ep in episodes]
+
+    def encode(self, text: str) -> list[int]:
+        return encode(self.tokenizer, text) + [self.eos_id]
+
+    def _actor(self, ep) -> Callable:
+        if not self.per_episode:
+            return self.fn
+        if ep.actor is None:
+            ep.actor = self.fn(ep.seed)
+        return ep.actor
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) -> None:
+    """Options shared by `rlagent rollout` and `rlagent eval`."""
+    parser.add_argument("--tokenizer", help="Tokenizer folder for scripted/random policies (default: tiny).")
+    parser.add_argument("--noise", type=float, default=0.0, help="Scripted expert: mistake probability per episode.")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (model policies).")
+    if not greedy_default:
+        parser.add_argument("--greedy", action="store_true", help="Greedy decoding instead of sampling.")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="Longest assistant turn in tokens.")
+    parser.add_argument("--max-total-tokens", type=int, default=1024, help="Longest episode in tokens.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Episodes played at once by the engine.")
+
+
+def random_actor(seed: int) -> Callable[[list[dict], dict], str]:
+    """A per-episode random policy: printable noise, tool calls (often malformed) and random final answers."""
+    from envs.experts import TOOL_OF_FAMILY
+    from envs.parsing import format_tool_call
+
+    rng = random.Random(seed)
+
+    def noise(n: int) -> str:
+        return "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(1, n)))
+
+    def act(messages: list[dict], task: dict) -> str:
+        name, argument = TOOL_OF_FAMILY.get(task.get("family"), ("calculator", "expression"))
+        roll = rng.random()
+        if roll < 0.15:
+            return noise(40)
+        if roll < 0.4:
+            return format_tool_call(name, {argument: noise(12)})
+        if roll < 0.85:  # the usual breakages: cut-off JSON, unclosed tag, wrong name
+            return rng.choice(
+                [
+                    "<tool_call>{" + noise(20),
+                    "<tool_call>" + noise(20) + "</tool_call>",
+                    format_tool_call(noise(6), {argument: noise(8)}),
+                ]
+            )
+        return f"The answer is {rng.randint(-100, 10_000)}."
+
+    return act
+
+
+def scripted_actor(noise: float) -> Callable[[int], Callable]:
+    """make(seed) -> a fresh scripted expert's act(); seeded per episode, so batching never changes an episode."""
+    from envs.experts import ScriptedExpert
+
+    return lambda seed: ScriptedExpert(noise=noise, seed=seed).act
+
+
+def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
+    """(policy, tokenizer) for a model folder, 'tiny', 'scripted' or 'random'."""
+    if spec in ("scripted", "random"):
+        tokenizer = load_tokenizer(args.tokenizer or "tiny")
+        make = scripted_actor(args.noise) if spec == "scripted" else random_actor
+        return TextPolicy(make, tokenizer, per_episode=True), tokenizer
+    logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=args.seed)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy)
+    return policy, tokenizer
