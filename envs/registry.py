@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import gymnasium as gym
 
-import envs  # noqa: F401  (registers rlagent/* ids)
+from envs.trl_adapter import is_trl_style
 
 ENTRY_POINT_GROUP = "gymnasium.envs"
 _entry_points_loaded = False
@@ -66,20 +66,6 @@ def build_envs(spec: str, n: int, split: str = "train", wrappers: str | None = N
     if made:
         check_env(made[0], spec)
     return [wrap_env(env, wrappers, seed=wrapper_seed) for env in made]
-
-
-def is_trl_style(obj: object) -> bool:
-    """A class that is not a gymnasium.Env, with a callable `reset` and at least one public method (a tool)."""
-    if not inspect.isclass(obj) or issubclass(obj, gym.Env) or not callable(getattr(obj, "reset", None)):
-        return False
-    return bool(public_methods(obj))
-
-
-def public_methods(cls: type) -> list[str]:
-    """The tool methods of a TRL-style class, as TRL finds them: functions not starting with "_", minus
-    `reset` and `get_reward` (listed on the class so properties are not evaluated)."""
-    names = [name for name, _ in inspect.getmembers(cls, predicate=inspect.isfunction)]
-    return [name for name in names if not name.startswith("_") and name not in ("reset", "get_reward")]
 
 
 # ----- registered ids ------------------------------------------------------------------------------------------------

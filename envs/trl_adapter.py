@@ -35,6 +35,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gymnasium as gym
+
 from envs.env import MAX_PROMPT_CHARS, ToolUseEnv, _Turn
 from envs.tasks.task import Task, check_split
 
@@ -142,7 +144,6 @@ class TRLEnvironment(ToolUseEnv):
 
 
 def _tool_names(cls: type) -> list[str]:
-    from envs.registry import public_methods
 
     names = public_methods(cls)
     if not names:
@@ -235,3 +236,17 @@ def _ignore(*_, **__) -> None:
 
 def _unused_source(rng, split):  # TRLEnvironment.reset picks rows itself
     raise AssertionError("unreachable")
+
+
+def is_trl_style(obj: object) -> bool:
+    """A class that is not a gymnasium.Env, with a callable `reset` and at least one public method (a tool)."""
+    if not inspect.isclass(obj) or issubclass(obj, gym.Env) or not callable(getattr(obj, "reset", None)):
+        return False
+    return bool(public_methods(obj))
+
+
+def public_methods(cls: type) -> list[str]:
+    """The tool methods of a TRL-style class, as TRL finds them: functions not starting with "_", minus
+    `reset` and `get_reward` (listed on the class so properties are not evaluated)."""
+    names = [name for name, _ in inspect.getmembers(cls, predicate=inspect.isfunction)]
+    return [name for name in names if not name.startswith("_") and name not in ("reset", "get_reward")]

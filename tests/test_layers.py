@@ -24,7 +24,15 @@ LAYERS = {
     "envs": {"envs.*"},
     # What the training stages and the reward-model package share: config dataclasses, data reading, model and
     # tokenizer loading, the tiny tokenizer/model, tokenisation and chat-template rendering.
-    "common": {"rlagent.config", "rlagent.data", "rlagent.modeling", "rlagent.tiny", "rlagent.chat"},
+    "common": {
+        "rlagent.config",
+        "rlagent.data",
+        "rlagent.modeling",
+        "rlagent.model_sources",
+        "rlagent.tiny",
+        "rlagent.chat",
+        "rlagent.chat_templates",
+    },
     # Reward models: heads, losses, preference pairs, scoring.
     "reward_models": {"reward_models.*"},
     # The rollout engine and the PPO building blocks the stages are assembled from (ppo_models loads reward models).
