@@ -440,8 +440,8 @@ class PPOTrainer:
             self.skipped_in_a_row = 0
             return False
         self.skipped_in_a_row += 1
-        reward, limit = self.cfg.reward, self.cfg.reward.max_skipped_iterations
-        why = f"every episode was dropped (reward.missing_eos={reward.missing_eos}, non-finite scores)"
+        limit = self.cfg.reward.max_skipped_iterations
+        why = "every episode was dropped (missing end-of-turn with reward.missing_eos=mask, or a non-finite score)"
         if self.skipped_in_a_row >= limit:
             raise ConfigError(
                 f"{self.skipped_in_a_row} iterations in a row had no policy token to learn from: {why} "
