@@ -64,18 +64,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_ours(args, estimator: str) -> None:
     from rlagent import train_ppo
-    from rlagent.tracking import Progress, Tracker
 
     gate = Gate()
 
-    class GatedProgress(Progress):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
+    class Gated(train_ppo.Callback):
+        """Stop at the lock-step gate right before the first iteration and after each logged one."""
+
+        def on_train_begin(self, trainer):
             gate.ready(side=estimator)
 
-    class GatedTracker(Tracker):
-        def log(self, metrics, step):
-            super().log(metrics, step)
+        def on_iteration(self, trainer, step, metrics):
             gate.done(
                 step=step,
                 success=metrics["env/success_rate"],
@@ -85,7 +83,6 @@ def run_ours(args, estimator: str) -> None:
             )
 
     grpo = estimator == "grpo"
-    train_ppo.Progress, train_ppo.Tracker = GatedProgress, GatedTracker
     train_ppo.main(
         [
             f"output_dir={args.out}",
@@ -111,7 +108,8 @@ def run_ours(args, estimator: str) -> None:
             "save_every=0",
             "log_samples_every=0",
             "progress=false",
-        ]
+        ],
+        callbacks=[Gated()],
     )
 
 

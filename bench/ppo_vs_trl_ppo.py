@@ -71,19 +71,17 @@ def run_ours(args, setup: dict) -> None:
     from fixtures import register_one_turn_calculator
 
     from rlagent import train_ppo
-    from rlagent.tracking import Progress, Tracker
 
     gate = Gate()
     env_id = register_one_turn_calculator()
 
-    class GatedProgress(Progress):  # built right before the first iteration
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
+    class Gated(train_ppo.Callback):
+        """Stop at the lock-step gate right before the first iteration and after each logged one."""
+
+        def on_train_begin(self, trainer):
             gate.ready(side="ours")
 
-    class GatedTracker(Tracker):  # logs once per iteration, at its end
-        def log(self, metrics, step):
-            super().log(metrics, step)
+        def on_iteration(self, trainer, step, metrics):
             gate.done(
                 step=step,
                 response_tokens=metrics["response_length"] * args.batch,
@@ -92,7 +90,6 @@ def run_ours(args, setup: dict) -> None:
                 score=metrics["objective/scores"],
             )
 
-    train_ppo.Progress, train_ppo.Tracker = GatedProgress, GatedTracker
     train_ppo.main(
         [
             f"output_dir={setup['dir']}/ours",
@@ -127,7 +124,8 @@ def run_ours(args, setup: dict) -> None:
             "save_every=0",
             "log_samples_every=0",
             "progress=false",
-        ]
+        ],
+        callbacks=[Gated()],
     )
 
 

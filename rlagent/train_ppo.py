@@ -3,15 +3,19 @@
 One process:        rlagent ppo --config configs/quickstart/ppo.yaml   (same as: python rlagent/train_ppo.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_ppo.py --config ... (CPU: gloo)
 GPUs / DeepSpeed:   accelerate launch --config_file configs/accelerate/zero2.yaml rlagent/train_ppo.py --config ...
+From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()])   (hooks: see `Callback`)
 
-Per iteration: 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards · 5 advantages ·
-6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. All math lives in rlagent/ppo_core.py.
+Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
+5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
+were all dropped by scoring (missing end-of-turn with reward.missing_eos=mask, non-finite scores) skips 3-7 on every
+process. All math lives in rlagent/ppo_core.py.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,12 +24,13 @@ from typing import Literal
 import torch
 from trl.models.utils import unwrap_model_for_generation
 
+from reward_models.combine import combine_rewards
 from rlagent import ppo_core as core
-from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
+from rlagent.config import ConfigError, ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
 from rlagent.modeling import count_parameters, load_tokenizer
-from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, reference_context
+from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, ppo_epochs, reference_context
 from rlagent.ppo_schedule import Curriculum, episode_seeds, sample_rows
-from rlagent.rollout import ModelPolicy, make_envs, run_episodes
+from rlagent.rollout import ModelPolicy, Trajectory, make_envs, run_episodes
 from rlagent.tracking import Progress, Tracker
 from rlagent.training import (
     build_optimizer,
@@ -62,8 +67,8 @@ class RolloutConfig:
 
 
 @dataclass
-class RewardConfig:
-    """How episodes are scored."""
+class ScoreConfig:
+    """How episodes are scored (YAML section `reward:`; stage 2's config is train_reward.RewardConfig)."""
 
     model_path: str | None = doc("Stage-2 reward model folder (its final/); null = environment reward only.", None)
     env_weight: float = doc("Weight of the environment's verifiable reward.", 1.0)
@@ -74,6 +79,11 @@ class RewardConfig:
         "penalty",
     )
     missing_eos_penalty: float = doc("Subtracted from the score when missing_eos is 'penalty'.", 1.0)
+    max_skipped_iterations: int = doc(
+        "Stop the run after this many iterations in a row with no policy token left to learn from (every episode "
+        "dropped by missing_eos='mask' or a non-finite score).",
+        3,
+    )
 
 
 @dataclass
@@ -142,7 +152,7 @@ class PPOConfig:
     )
     env: EnvConfig = doc("Environments.", factory=EnvConfig)
     rollout: RolloutConfig = doc("Sampling.", factory=RolloutConfig)
-    reward: RewardConfig = doc("Scoring.", factory=RewardConfig)
+    reward: ScoreConfig = doc("Scoring.", factory=ScoreConfig)
     value: ValueConfig = doc("Critic.", factory=ValueConfig)
     algo: AlgoConfig = doc("PPO hyper-parameters.", factory=AlgoConfig)
     curriculum: CurriculumConfig = doc("Difficulty curriculum.", factory=CurriculumConfig)
@@ -157,145 +167,57 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 2-5: scores, log-probs, rewards, advantages
+# 2 and 5: scores and advantages
 
 
-def score_episodes(cfg: PPOConfig, traj, reward_model, tokenizer, iteration: int) -> tuple[torch.Tensor, dict]:
-    """Environment reward (+ weighted, normalised RM score); missing-EOS rule; non-finite scores are dropped."""
-    scores = cfg.reward.env_weight * traj.env_reward
-    stats = {}
+def score_episodes(
+    reward: ScoreConfig, traj: Trajectory, reward_model, tokenizer, inject_nan: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(scores, policy_mask, stats): episode scores and the mask the update trains on; `traj` is left unchanged.
+
+    Score = env_weight x env reward + rm_weight x normalised RM score (reward_models.combine_rewards), then the
+    missing-EOS rule. An episode that leaves the loss — missing end-of-turn with missing_eos='mask' (DAPO-style) or
+    a non-finite score, which would poison whitening and the loss — gets score 0 and an all-zero mask row.
+    Shape: scores (B,), policy_mask (B, T) like traj.policy_mask.
+    """
+    rm_score, stats = None, {}
     if reward_model is not None:
-        rm = reward_model.score_policy_ids(traj.input_ids, traj.attention_mask, tokenizer).float().cpu()
-        scores = scores + cfg.reward.rm_weight * rm
-        stats["objective/rm_score"] = rm.mean().item()
-    if cfg.reward.missing_eos == "penalty":
-        scores = scores - cfg.reward.missing_eos_penalty * traj.missing_eos
-    elif cfg.reward.missing_eos == "mask":
-        # DAPO-style: the episode leaves the loss entirely (its score goes with it).
-        traj.policy_mask[traj.missing_eos.bool()] = 0
-        scores = torch.where(traj.missing_eos.bool(), torch.zeros_like(scores), scores)
-    if cfg.inject_nan_reward_at == iteration:
+        rm_score = reward_model.score_policy_ids(traj.input_ids, traj.attention_mask, tokenizer).float().cpu()
+        stats["objective/rm_score"] = rm_score.mean().item()
+    rm_weight = reward.rm_weight if rm_score is not None else 0.0  # no reward model loaded: environment only
+    scores = combine_rewards(traj.env_reward, rm_score, reward.env_weight, rm_weight)
+    dropped = torch.zeros(len(scores), dtype=torch.bool)
+    if reward.missing_eos == "penalty":
+        scores = scores - reward.missing_eos_penalty * traj.missing_eos
+    elif reward.missing_eos == "mask":
+        dropped = traj.missing_eos.bool()
+    if inject_nan:
         scores[0] = float("nan")
-    bad = ~torch.isfinite(scores)
-    # A non-finite score would poison whitening and the loss: drop those episodes from this update and say so.
-    traj.policy_mask[bad] = 0
-    stats["objective/nonfinite_scores"] = int(bad.sum())
-    return torch.where(bad, torch.zeros_like(scores), scores), stats
+    nonfinite = ~torch.isfinite(scores)
+    stats["objective/nonfinite_scores"] = int(nonfinite.sum())
+    dropped = dropped | nonfinite
+    policy_mask = traj.policy_mask.masked_fill(dropped[:, None], 0)
+    return torch.where(dropped, torch.zeros_like(scores), scores), policy_mask, stats
 
 
-def advantages_for(cfg: PPOConfig, rewards, non_score, values, policy_mask, scores, group_ids):
+def advantages_for(algo: AlgoConfig, rewards, non_score, values, policy_mask, scores, group_ids):
     """(advantages, returns) on policy tokens: GAE with the critic, or group-relative outcome advantages."""
-    if cfg.algo.estimator == "gae":
-        adv, returns = core.gae(rewards, values, policy_mask, cfg.algo.gamma, cfg.algo.lam)
+    if algo.estimator == "gae":
+        adv, returns = core.gae(rewards, values, policy_mask, algo.gamma, algo.lam)
     else:
         # Critic-free: the outcome advantage of the episode on every policy token, minus the KL still to come.
         outcome = (
             core.grpo_advantages(scores, group_ids)
-            if cfg.algo.estimator == "grpo"
+            if algo.estimator == "grpo"
             else core.rloo_advantages(scores, group_ids)
         )
         kl_to_go = core.gae(non_score, torch.zeros_like(non_score), policy_mask, 1.0, 1.0)[0]
         adv = core.broadcast_to_tokens(outcome, policy_mask) + kl_to_go
         returns = adv
-    if cfg.algo.whiten_advantages:
+    # Whitening is per process; a process whose episodes were all dropped has nothing to whiten (all zeros).
+    if algo.whiten_advantages and bool(policy_mask.any()):
         adv = core.masked_whiten(adv, policy_mask, shift_mean=True) * policy_mask
     return adv, returns
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 6: one minibatch update
-
-
-def ppo_minibatch_step(cfg, accelerator, policy, value, optimizer, batch: dict, idx: list[int], train_policy: bool):
-    """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
-
-    The loss is a token mean over the GLOBAL minibatch: sum over this rank's tokens divided by the all-reduced
-    policy-token count, times the process count because DDP averages gradients (PPO_CHECKLIST G.27).
-    """
-    mask = batch["policy_mask"]
-    local_tokens = mask[idx].sum().to(accelerator.device)
-    normaliser = float(accelerator.reduce(local_tokens, reduction="sum"))
-    scale = accelerator.num_processes
-    # Stats report this rank's token means: losses are sums / global normaliser, stats are micro-batch means.
-    to_local_mean = normaliser / max(float(local_tokens), 1.0)
-    micro = cfg.optim.micro_batch_size
-    stats: dict[str, float] = {}
-    n_micro = math.ceil(len(idx) / micro)
-    for m in range(n_micro):
-        rows = idx[m * micro : (m + 1) * micro]
-        mb = {k: v[rows].to(accelerator.device) for k, v in batch.items()}
-        logp, entropy = forward_policy(policy, mb["input_ids"], mb["attention_mask"], cfg.rollout.temperature)
-        pg_loss, pg_stats = core.policy_loss(
-            logp,
-            mb["old_logprobs"],
-            mb["advantages"],
-            mb["policy_mask"],
-            cfg.algo.clip_eps,
-            cfg.algo.dual_clip,
-            normaliser,
-        )
-        ent = (entropy * mb["policy_mask"]).sum() / normaliser
-        loss = (pg_loss - cfg.algo.ent_coef * ent) if train_policy else 0.0 * pg_loss
-        vf_stats = {}
-        if value is not None:
-            values = forward_value(value, mb["input_ids"], mb["attention_mask"])
-            vf_loss, vf_stats = core.value_loss(
-                values, mb["old_values"], mb["returns"], mb["policy_mask"], cfg.algo.value_clip_eps, normaliser
-            )
-            loss = loss + cfg.algo.vf_coef * vf_loss
-            _accumulate(stats, {"val/loss": vf_loss * to_local_mean}, 1.0)
-            vf_stats = {f"val/{k}": v for k, v in vf_stats.items()}
-        accelerator.backward(loss * scale)
-        token_share = float(mb["policy_mask"].sum()) / max(float(local_tokens), 1.0)
-        _accumulate(stats, {"policy/loss": pg_loss * to_local_mean, "objective/entropy": ent * to_local_mean}, 1.0)
-        _accumulate(stats, {**{f"policy/{k}": v for k, v in pg_stats.items()}, **vf_stats}, token_share)
-    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-    if value is not None:
-        stats["val/grad_norm"] = float(accelerator.clip_grad_norm_(value.parameters(), cfg.optim.max_grad_norm))
-    finite = math.isfinite(float(grad_norm)) and math.isfinite(stats.get("val/grad_norm", 0.0))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    stats.update({"grad_norm": float(grad_norm), "train/skipped_steps": float(not finite)})
-    return stats
-
-
-def _accumulate(stats: dict, new: dict, weight: float) -> None:
-    for key, value in new.items():
-        value = float(value.detach()) if torch.is_tensor(value) else float(value)
-        if key.endswith("_max"):
-            stats[key] = max(stats.get(key, value), value)
-        else:
-            stats[key] = stats.get(key, 0.0) + value * weight
-
-
-def ppo_epochs(cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator) -> dict:
-    """`ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl."""
-    n_local = batch["input_ids"].shape[0]
-    per_rank = cfg.optim.batch_size // accelerator.num_processes
-    all_stats, stopped = [], False
-    for _ in range(cfg.algo.ppo_epochs):
-        order = torch.randperm(n_local, generator=generator).tolist()
-        for start in range(0, n_local - per_rank + 1, per_rank):
-            stats = ppo_minibatch_step(
-                cfg, accelerator, policy, value, optimizer, batch, order[start : start + per_rank], train_policy
-            )
-            stats = {
-                k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
-                for k, v in stats.items()
-            }
-            all_stats.append(stats)
-            limit = cfg.algo.target_approx_kl
-            if limit is not None and stats.get("policy/approx_kl", 0.0) > 1.5 * limit:
-                stopped = True
-                break
-        if stopped:
-            break
-    out = {k: sum(s[k] for s in all_stats) / len(all_stats) for k in all_stats[0]}
-    out["train/skipped_steps"] = sum(s["train/skipped_steps"] for s in all_stats)
-    out["policy/early_stopped"] = float(stopped)
-    out["policy/minibatch_updates"] = float(len(all_stats))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -319,185 +241,6 @@ def check_shapes(cfg: PPOConfig, world: int) -> int:
     return per_rank
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(PPOConfig, argv, prog="rlagent ppo")
-    accelerator = make_accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(cfg.seed, rank)
-    per_rank = check_shapes(cfg, world)
-
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    policy, reference, value, reward_model = load_models(cfg, tokenizer)
-    params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
-    if value is not None:
-        params.append({"params": list(value.parameters()), "lr": cfg.value.lr})
-    optimizer, scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
-    if value is not None:
-        policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
-    else:
-        policy, optimizer = accelerator.prepare(policy, optimizer)
-    if reference is not None:
-        reference = reference.to(accelerator.device)
-    if reward_model is not None:
-        reward_model.to(accelerator.device)
-    trainable, total = count_parameters(policy)
-
-    # Resume: weights, optimiser, schedule, KL controller, curriculum, RNG and iteration.
-    kl_ctl = (
-        core.AdaptiveKLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
-        if cfg.algo.adaptive_kl
-        else core.FixedKLController(cfg.algo.kl_coef)
-    )
-    curriculum = Curriculum(cfg.curriculum, cfg.env.ids)
-    shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
-    start = 0
-    resume = resolve_resume(cfg.resume_from, cfg.output_dir)
-    if resume:
-        models = {"policy": accelerator.unwrap_model(policy)}
-        if value is not None:
-            models["value"] = accelerator.unwrap_model(value)
-        state = load_checkpoint(resume, models, rank)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        kl_ctl.load_state_dict(state["kl_ctl"])
-        curriculum.load_state_dict(state["curriculum"])
-        shuffle.set_state(state["shuffle"][rank] if rank < len(state["shuffle"]) else state["shuffle"][0])
-        start = state["step"]
-
-    envs = [env for env_id in cfg.env.ids for env in make_envs(env_id, per_rank // len(cfg.env.ids), cfg.env.split)]
-    env_names = [env_id for env_id in cfg.env.ids for _ in range(per_rank // len(cfg.env.ids))]
-    sampler = ModelPolicy(
-        accelerator.unwrap_model(policy), tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature
-    )
-    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start)
-    if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        print(
-            f"rlagent ppo: {trainable:,}/{total:,} trainable policy parameters, {cfg.env.episodes} episodes per "
-            f"iteration over {world} process(es), estimator={cfg.algo.estimator}, resume={resume}"
-        )
-    progress = Progress(cfg.max_steps, "ppo", enabled=cfg.progress and accelerator.is_main_process, start=start)
-    group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
-    metrics: dict = {}
-
-    for iteration in range(start, cfg.max_steps):
-        t0 = time.time()
-        # 1. Rollout: every episode of this rank in one batched engine call (GRPO groups share a task seed).
-        policy.eval()
-        seeds = episode_seeds(cfg.seed, iteration, rank, per_rank, group)
-        # ZeRO-3 shards the parameters: gather them for generation (TRL's unwrapped-model pattern); otherwise this
-        # just unwraps DDP.
-        with unwrap_model_for_generation(policy, accelerator) as unwrapped:
-            sampler.model = unwrapped
-            traj = run_episodes(
-                sampler,
-                envs,
-                seeds,
-                tokenizer,
-                curriculum.options(env_names),
-                max_total_tokens=cfg.rollout.max_total_tokens,
-            )
-        t_rollout = time.time() - t0
-
-        # 2. Score: environment reward + RM; missing EOS; non-finite scores dropped.
-        scores, score_stats = score_episodes(cfg, traj, reward_model, tokenizer, iteration)
-        group_ids = torch.arange(per_rank) // group
-        ids, attn, mask = (t.to(accelerator.device) for t in (traj.input_ids, traj.attention_mask, traj.policy_mask))
-
-        # 3. Old log-probs recomputed by the training forward (ratio == 1 on the first minibatch), reference
-        #    log-probs, values — all in eval mode with the same micro-batch layout as training.
-        micro = cfg.optim.micro_batch_size
-        old_logp, _ = batched(lambda a, b: forward_policy(policy, a, b, cfg.rollout.temperature), ids, attn, micro)
-        with reference_context(accelerator.unwrap_model(policy), reference) as ref:
-            ref_logp, _ = batched(lambda a, b: forward_policy(ref, a, b, cfg.rollout.temperature), ids, attn, micro)
-        old_values = (
-            batched(lambda a, b: forward_value(value, a, b), ids, attn, micro)
-            if value is not None
-            else torch.zeros_like(old_logp)
-        )
-
-        # 4. Per-token rewards: -beta * KL on policy tokens, plus the score at the last policy token.
-        kl = core.kl_penalty(old_logp, ref_logp, cfg.algo.kl_estimator, cfg.algo.kl_clamp) * mask
-        rewards, non_score = core.token_rewards(kl, scores.to(accelerator.device), mask, kl_ctl.value)
-
-        # 5. Advantages (GAE skips environment tokens) and returns; whitening once per batch.
-        adv, returns = advantages_for(
-            cfg, rewards, non_score, old_values, mask, scores.to(accelerator.device), group_ids.to(accelerator.device)
-        )
-
-        # 6. PPO epochs over reshuffled minibatches (critic-only during value warm-up).
-        policy.train()
-        batch = {
-            "input_ids": ids,
-            "attention_mask": attn,
-            "policy_mask": mask,
-            "old_logprobs": old_logp,
-            "old_values": old_values,
-            "advantages": adv,
-            "returns": returns,
-        }
-        train_policy = iteration >= cfg.value.warmup_iterations
-        t1 = time.time()
-        update = ppo_epochs(cfg, accelerator, policy, value, optimizer, batch, train_policy, shuffle)
-        scheduler.step()
-        t_train = time.time() - t1
-
-        # 7. KL controller (per-episode summed KL, batch mean) and curriculum.
-        episode_kl = float(accelerator.reduce(kl.sum(1).mean(), "mean"))
-        kl_ctl.update(episode_kl, cfg.env.episodes)
-        curriculum.update(env_names, traj.success.tolist())
-
-        # 8. Log.
-        metrics = collect_metrics(
-            accelerator,
-            traj,
-            scores,
-            episode_kl,
-            kl_ctl,
-            non_score,
-            mask,
-            old_values,
-            returns,
-            update,
-            score_stats,
-            t_rollout,
-            t_train,
-            scheduler,
-            curriculum,
-            value is not None,
-        )
-        tracker.log(metrics, step=iteration + 1)
-        if cfg.log_samples_every and (iteration + 1) % cfg.log_samples_every == 0:
-            tracker.log_table("samples", *sample_rows(traj, tokenizer, env_names, scores), step=iteration + 1)
-        progress.update(
-            iteration + 1,
-            success=metrics["env/success_rate"],
-            kl=metrics["objective/kl"],
-            score=metrics["objective/scores"],
-        )
-
-        # 9. Checkpoint (atomic): models, optimiser, schedule, KL controller, curriculum, RNG, shuffle state.
-        done = iteration + 1
-        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "kl_ctl": kl_ctl.state_dict(),
-                "curriculum": curriculum.state_dict(),
-                "step": done,
-                "shuffle": gather_generator_states(accelerator, shuffle),
-            }
-            models = {"policy": policy} if value is None else {"policy": policy, "value": value}
-            save_checkpoint(accelerator, cfg.output_dir, done, models, state, cfg.keep_checkpoints)
-    progress.close()
-
-    save_final(accelerator, policy, tokenizer, os.path.join(cfg.output_dir, "final"))
-    summary = {k: v for k, v in metrics.items() if not k.startswith("timing/")}
-    summary["steps"] = cfg.max_steps
-    tracker.finish(summary)
-    return summary
-
-
 def gather_generator_states(accelerator, generator) -> list:
     """Every rank's minibatch-shuffle generator state, so each resumes its own stream."""
     state = generator.get_state()
@@ -510,59 +253,324 @@ def gather_generator_states(accelerator, generator) -> list:
     return out
 
 
-def collect_metrics(
-    accelerator,
-    traj,
-    scores,
-    episode_kl,
-    kl_ctl,
-    non_score,
-    mask,
-    values,
-    returns,
-    update,
-    score_stats,
-    t_rollout,
-    t_train,
-    scheduler,
-    curriculum,
-    has_value: bool,
-) -> dict:
-    """The PPO_CHECKLIST §I metric names, averaged over processes."""
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainer: set-up once, then `iteration` = steps 1-9 as one method each
 
-    def mean(x):
-        return float(
-            accelerator.reduce(torch.as_tensor(x, dtype=torch.float32, device=accelerator.device).mean(), "mean")
+
+class Callback:
+    """Hooks into the PPO loop; subclass and override what you need (the benchmarks gate iterations with these)."""
+
+    def on_train_begin(self, trainer: PPOTrainer) -> None:
+        """Set-up is done (models placed, checkpoint restored); the first iteration starts right after."""
+
+    def on_iteration(self, trainer: PPOTrainer, step: int, metrics: dict) -> None:
+        """Iteration `step` (1-based, as in metrics.jsonl) is logged; its checkpoint, if any, comes after."""
+
+
+@dataclass
+class Iteration:
+    """What one iteration produced, filled in step by step; `PPOTrainer.metrics` turns it into the logged row.
+
+    Tensors are (B, T) on the accelerator device unless noted; B = this process's episodes.
+    """
+
+    step: int  # 1-based iteration number, as logged
+    traj: Trajectory  # the rollout, as played (its policy_mask is never edited)
+    t_rollout: float  # seconds spent in step 1
+    scores: torch.Tensor | None = None  # (B,) after the missing-EOS rule; 0 for dropped episodes
+    policy_mask: torch.Tensor | None = None  # traj.policy_mask without the episodes scoring dropped
+    score_stats: dict = dataclasses.field(default_factory=dict)
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None  # zeros for critic-free estimators
+    kl: torch.Tensor | None = None  # per-token KL estimate on policy tokens
+    rewards: torch.Tensor | None = None  # -beta KL + score at the last policy token
+    non_score: torch.Tensor | None = None  # -beta KL part of `rewards`
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    update: dict = dataclasses.field(default_factory=dict)  # averaged minibatch stats of step 6
+    t_train: float = 0.0
+    episode_kl: float = 0.0  # per-episode summed KL, mean over all processes
+    skipped: bool = False  # no policy token on any process: steps 3-7 did not run
+
+
+class PPOTrainer:
+    """Multi-turn PPO: `PPOTrainer(cfg, callbacks).train()` runs `cfg.max_steps` iterations and returns the summary."""
+
+    def __init__(self, cfg: PPOConfig, callbacks: list[Callback] | tuple = ()):
+        self.cfg, self.callbacks = cfg, list(callbacks)
+        self.accelerator = make_accelerator()
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        set_seed(cfg.seed, self.rank)
+        self.per_rank = check_shapes(cfg, self.world)
+        self.group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
+        self.tokenizer = load_tokenizer(cfg.model.name_or_path)
+        self._build_models()
+        self.kl_ctl = (
+            core.AdaptiveKLController(cfg.algo.kl_coef, cfg.algo.kl_target, cfg.algo.kl_horizon)
+            if cfg.algo.adaptive_kl
+            else core.FixedKLController(cfg.algo.kl_coef)
+        )
+        self.curriculum = Curriculum(cfg.curriculum, cfg.env.ids)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
+        self.start, self.skipped_in_a_row = 0, 0
+        self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
+        if self.resume:
+            self._load_checkpoint(self.resume)
+        per_env = self.per_rank // len(cfg.env.ids)
+        self.envs = [env for env_id in cfg.env.ids for env in make_envs(env_id, per_env, cfg.env.split)]
+        self.env_names = [env_id for env_id in cfg.env.ids for _ in range(per_env)]
+        unwrapped = self.accelerator.unwrap_model(self.policy)
+        self.sampler = ModelPolicy(unwrapped, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+        self.tracker = Tracker.for_run(cfg, self.accelerator.is_main_process, resume_step=self.start)
+
+    def _build_models(self) -> None:
+        """Policy, value, reference, reward model; one optimizer (two param groups); accelerate placement."""
+        cfg, accelerator = self.cfg, self.accelerator
+        policy, reference, value, self.reward_model = load_models(cfg, self.tokenizer)
+        params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
+        if value is not None:
+            params.append({"params": list(value.parameters()), "lr": cfg.value.lr})
+        optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
+        if value is not None:
+            policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
+        else:
+            policy, optimizer = accelerator.prepare(policy, optimizer)
+        self.policy, self.value, self.optimizer = policy, value, optimizer
+        self.reference = reference.to(accelerator.device) if reference is not None else None
+        if self.reward_model is not None:
+            self.reward_model.to(accelerator.device)
+
+    def _models(self) -> dict:
+        return {"policy": self.policy} if self.value is None else {"policy": self.policy, "value": self.value}
+
+    def _load_checkpoint(self, path: str) -> None:
+        """Resume: weights, optimiser, schedule, KL controller, curriculum, shuffle RNG, iteration, skip streak."""
+        models = {name: self.accelerator.unwrap_model(model) for name, model in self._models().items()}
+        state = load_checkpoint(path, models, self.rank)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.curriculum.load_state_dict(state["curriculum"])
+        shuffle = state["shuffle"]
+        self.shuffle.set_state(shuffle[self.rank] if self.rank < len(shuffle) else shuffle[0])
+        self.start = state["step"]
+        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)  # absent in checkpoints older than the field
+
+    def train(self) -> dict:
+        """Run the remaining iterations, save final/, write summary.json; returns the summary."""
+        cfg, accelerator = self.cfg, self.accelerator
+        if accelerator.is_main_process:
+            save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+            trainable, total = count_parameters(self.policy)
+            print(
+                f"rlagent ppo: {trainable:,}/{total:,} trainable policy parameters, {cfg.env.episodes} episodes per "
+                f"iteration over {self.world} process(es), estimator={cfg.algo.estimator}, resume={self.resume}"
+            )
+        progress = Progress(
+            cfg.max_steps, "ppo", enabled=cfg.progress and accelerator.is_main_process, start=self.start
+        )
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        metrics: dict = {}
+        for iteration in range(self.start, cfg.max_steps):
+            metrics = self.iteration(iteration)
+            kl, score = metrics.get("objective/kl", float("nan")), metrics["objective/scores"]
+            progress.update(iteration + 1, success=metrics["env/success_rate"], kl=kl, score=score)
+        progress.close()
+        save_final(accelerator, self.policy, self.tokenizer, os.path.join(cfg.output_dir, "final"))
+        summary = {k: v for k, v in metrics.items() if not k.startswith("timing/")}
+        summary["steps"] = cfg.max_steps
+        self.tracker.finish(summary)
+        return summary
+
+    def iteration(self, iteration: int) -> dict:
+        """One PPO iteration (0-based index); returns the metrics it logged."""
+        it = self.rollout(iteration)  # 1
+        it.scores, it.policy_mask, it.score_stats = self.score(it)  # 2
+        it.skipped = self.nothing_to_learn(it)
+        if not it.skipped:
+            self.old_ref_value_passes(it)  # 3
+            self.token_rewards(it)  # 4
+            self.advantages(it)  # 5
+            self.ppo_update(it)  # 6
+            self.controllers(it)  # 7
+        else:
+            self.curriculum.update(self.env_names, it.traj.success.tolist())  # the episodes were still played
+        metrics = self.log(it)  # 8
+        self.save(it.step)  # 9
+        return metrics
+
+    # 1. Rollout: every episode of this rank in one batched engine call (GRPO groups share a task seed).
+    def rollout(self, iteration: int) -> Iteration:
+        t0 = time.time()
+        self.policy.eval()
+        seeds = episode_seeds(self.cfg.seed, iteration, self.rank, self.per_rank, self.group)
+        # ZeRO-3 shards the parameters: gather them for generation (TRL's unwrapped-model pattern); otherwise this
+        # just unwraps DDP.
+        with unwrap_model_for_generation(self.policy, self.accelerator) as unwrapped:
+            self.sampler.model = unwrapped
+            traj = run_episodes(
+                self.sampler,
+                self.envs,
+                seeds,
+                self.tokenizer,
+                self.curriculum.options(self.env_names),
+                max_total_tokens=self.cfg.rollout.max_total_tokens,
+            )
+        return Iteration(step=iteration + 1, traj=traj, t_rollout=time.time() - t0)
+
+    # 2. Score: environment reward + RM; missing EOS; non-finite scores dropped (a new mask, traj untouched).
+    def score(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        inject_nan = self.cfg.inject_nan_reward_at == it.step - 1
+        scores, policy_mask, stats = score_episodes(
+            self.cfg.reward, it.traj, self.reward_model, self.tokenizer, inject_nan
+        )
+        return scores.to(self.accelerator.device), policy_mask.to(self.accelerator.device), stats
+
+    def nothing_to_learn(self, it: Iteration) -> bool:
+        """True on every process alike when no process has a policy token left: the iteration is skipped.
+
+        Deciding on the global count keeps the processes in lock-step (no collective runs on only some of them);
+        a process with an empty mask while others have tokens takes part in the update with zero loss.
+        `reward.max_skipped_iterations` such iterations in a row stop the run.
+        """
+        tokens = float(self.accelerator.reduce(it.policy_mask.sum().float(), reduction="sum"))
+        if tokens > 0:
+            self.skipped_in_a_row = 0
+            return False
+        self.skipped_in_a_row += 1
+        limit = self.cfg.reward.max_skipped_iterations
+        why = "every episode was dropped (missing end-of-turn with reward.missing_eos=mask, or a non-finite score)"
+        if self.skipped_in_a_row >= limit:
+            raise ConfigError(
+                f"{self.skipped_in_a_row} iterations in a row had no policy token to learn from: {why} "
+                f"(reward.max_skipped_iterations={limit}); raise rollout.max_new_tokens or set "
+                f"reward.missing_eos=penalty"
+            )
+        if self.accelerator.is_main_process:
+            print(f"rlagent ppo: warning: iteration {it.step} skipped, {why}", file=sys.stderr, flush=True)
+        return True
+
+    # 3. Old log-probs recomputed by the training forward (ratio == 1 on the first minibatch), reference log-probs,
+    #    values — all in eval mode with the same micro-batch layout as training.
+    def old_ref_value_passes(self, it: Iteration) -> None:
+        traj, device, temperature = it.traj, self.accelerator.device, self.cfg.rollout.temperature
+        ids, attn = traj.input_ids.to(device), traj.attention_mask.to(device)
+        micro, policy, value = self.cfg.optim.micro_batch_size, self.policy, self.value
+        it.old_logprobs, _ = batched(lambda a, b: forward_policy(policy, a, b, temperature), ids, attn, micro)
+        with reference_context(self.accelerator.unwrap_model(policy), self.reference) as ref:
+            it.ref_logprobs, _ = batched(lambda a, b: forward_policy(ref, a, b, temperature), ids, attn, micro)
+        it.old_values = (
+            batched(lambda a, b: forward_value(value, a, b), ids, attn, micro)
+            if value is not None
+            else torch.zeros_like(it.old_logprobs)
         )
 
-    response_tokens = mask.sum(1)
-    metrics = {
-        "objective/scores": mean(scores),
-        "objective/kl": episode_kl,
-        "objective/kl_coef": kl_ctl.value,
-        "objective/non_score_reward": mean(non_score.sum(1)),
-        "objective/rlhf_reward": mean(scores.to(non_score.device) + non_score.sum(1)),
-        "env/success_rate": mean(traj.success),
-        "env/episode_reward": mean(traj.env_reward),
-        "env/turns": mean(traj.turns),
-        "env/tool_calls": mean(traj.tool_calls),
-        "env/invalid_tool_calls": mean(traj.invalid_tool_calls),
-        "env/truncated": mean(traj.truncated),
-        "env/render_mismatch": mean(torch.tensor(traj.render_mismatch, dtype=torch.float32)),
-        "response_length": mean(response_tokens),
-        "eos_rate": mean(1.0 - traj.missing_eos),
-        "lr": scheduler.get_last_lr()[0],
-        "timing/rollout_s": t_rollout,
-        "timing/train_s": t_train,
-        "perf/tokens_per_s": traj.generated_tokens / max(t_rollout, 1e-9),
-        **score_stats,
-        **update,
-        **curriculum.metrics(),
-    }
-    if has_value:
-        metrics["val/explained_variance"] = float(core.explained_variance(values, returns, mask))
-        metrics["val/mean"] = float(core.masked_mean(values, mask))
-    return metrics
+    # 4. Per-token rewards: -beta * KL on policy tokens, plus the score at the last policy token.
+    def token_rewards(self, it: Iteration) -> None:
+        algo = self.cfg.algo
+        it.kl = core.kl_penalty(it.old_logprobs, it.ref_logprobs, algo.kl_estimator, algo.kl_clamp) * it.policy_mask
+        it.rewards, it.non_score = core.token_rewards(it.kl, it.scores, it.policy_mask, self.kl_ctl.value)
+
+    # 5. Advantages (GAE skips environment tokens) and returns; whitening once per batch.
+    def advantages(self, it: Iteration) -> None:
+        group_ids = (torch.arange(self.per_rank) // self.group).to(self.accelerator.device)
+        it.advantages, it.returns = advantages_for(
+            self.cfg.algo, it.rewards, it.non_score, it.old_values, it.policy_mask, it.scores, group_ids
+        )
+
+    # 6. PPO epochs over reshuffled minibatches (critic-only during value warm-up).
+    def ppo_update(self, it: Iteration) -> None:
+        self.policy.train()
+        device = self.accelerator.device
+        batch = {
+            "input_ids": it.traj.input_ids.to(device),
+            "attention_mask": it.traj.attention_mask.to(device),
+            "policy_mask": it.policy_mask,
+            "old_logprobs": it.old_logprobs,
+            "old_values": it.old_values,
+            "advantages": it.advantages,
+            "returns": it.returns,
+        }
+        train_policy = it.step - 1 >= self.cfg.value.warmup_iterations
+        t1 = time.time()
+        it.update = ppo_epochs(
+            self.cfg, self.accelerator, self.policy, self.value, self.optimizer, batch, train_policy, self.shuffle
+        )
+        self.scheduler.step()
+        it.t_train = time.time() - t1
+
+    # 7. KL controller (per-episode summed KL, batch mean) and curriculum.
+    def controllers(self, it: Iteration) -> None:
+        it.episode_kl = float(self.accelerator.reduce(it.kl.sum(1).mean(), "mean"))
+        self.kl_ctl.update(it.episode_kl, self.cfg.env.episodes)
+        self.curriculum.update(self.env_names, it.traj.success.tolist())
+
+    # 8. Log: metrics row, sample table, then the callbacks.
+    def log(self, it: Iteration) -> dict:
+        metrics = self.metrics(it)
+        self.tracker.log(metrics, step=it.step)
+        every = self.cfg.log_samples_every
+        if every and it.step % every == 0:
+            shown = dataclasses.replace(it.traj, policy_mask=it.policy_mask.cpu())  # what was trained on
+            rows = sample_rows(shown, self.tokenizer, self.env_names, it.scores.cpu())
+            self.tracker.log_table("samples", *rows, step=it.step)
+        for callback in self.callbacks:
+            callback.on_iteration(self, it.step, metrics)
+        return metrics
+
+    def metrics(self, it: Iteration) -> dict:
+        """The PPO_CHECKLIST §I metric names, averaged over processes (README "Metrics glossary")."""
+        traj, mask = it.traj, it.policy_mask
+        out = {"objective/scores": self._mean(it.scores)}
+        if not it.skipped:
+            out["objective/kl"] = it.episode_kl
+            out["objective/kl_coef"] = self.kl_ctl.value
+            out["objective/non_score_reward"] = self._mean(it.non_score.sum(1))
+            out["objective/rlhf_reward"] = self._mean(it.scores + it.non_score.sum(1))
+        out["env/success_rate"], out["env/episode_reward"] = self._mean(traj.success), self._mean(traj.env_reward)
+        for name in ("turns", "tool_calls", "invalid_tool_calls", "truncated"):
+            out[f"env/{name}"] = self._mean(getattr(traj, name))
+        out["env/render_mismatch"] = self._mean(torch.tensor(traj.render_mismatch, dtype=torch.float32))
+        out["response_length"] = self._mean(mask.sum(1))
+        out["eos_rate"] = self._mean(1.0 - traj.missing_eos)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["timing/rollout_s"], out["timing/train_s"] = it.t_rollout, it.t_train
+        out["perf/tokens_per_s"] = traj.generated_tokens / max(it.t_rollout, 1e-9)
+        out.update({**it.score_stats, **it.update, **self.curriculum.metrics()})
+        # Diagnostics of this process's tokens; a process whose episodes were all dropped has none to report.
+        if self.value is not None and not it.skipped and bool(mask.any()):
+            out["val/explained_variance"] = float(core.explained_variance(it.old_values, it.returns, mask))
+            out["val/mean"] = float(core.masked_mean(it.old_values, mask))
+        out["train/skipped_iteration"] = float(it.skipped)
+        return out
+
+    def _mean(self, x) -> float:
+        tensor = torch.as_tensor(x, dtype=torch.float32, device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor.mean(), "mean"))
+
+    # 9. Checkpoint (atomic): models, optimiser, schedule, KL controller, curriculum, RNG, shuffle state.
+    def save(self, done: int) -> None:
+        cfg = self.cfg
+        if not ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps):
+            return
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "curriculum": self.curriculum.state_dict(),
+            "step": done,
+            "shuffle": gather_generator_states(self.accelerator, self.shuffle),
+            "skipped_in_a_row": self.skipped_in_a_row,
+        }
+        save_checkpoint(self.accelerator, cfg.output_dir, done, self._models(), state, cfg.keep_checkpoints)
+
+
+def main(argv: list[str] | None = None, callbacks: list[Callback] | tuple = ()) -> dict:
+    """`rlagent ppo --config FILE [key=value ...]`; `callbacks` hook into every iteration. Returns the summary."""
+    cfg = parse_args(PPOConfig, argv, prog="rlagent ppo")
+    return PPOTrainer(cfg, callbacks).train()
 
 
 if __name__ == "__main__":

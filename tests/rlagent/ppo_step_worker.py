@@ -9,7 +9,8 @@ import sys
 import torch
 
 from rlagent.config import load_config
-from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
+from rlagent.ppo_models import ppo_minibatch_step
+from rlagent.train_ppo import PPOConfig
 from rlagent.training import make_accelerator
 
 

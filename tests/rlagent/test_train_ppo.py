@@ -2,17 +2,19 @@
 
 import copy
 import json
+import math
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rlagent import ppo_core as core
-from rlagent.config import TinyModelConfig, load_config
-from rlagent.ppo_models import forward_policy, forward_value, load_value_model
+from rlagent.config import ConfigError, TinyModelConfig, load_config
+from rlagent.ppo_models import forward_policy, forward_value, load_value_model, ppo_minibatch_step
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
-from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
+from rlagent.train_ppo import Callback, PPOConfig, PPOTrainer, score_episodes
 from rlagent.training import make_accelerator
 from tests.conftest import BIN, SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 
@@ -201,4 +203,108 @@ def test_critic_free_estimators_run(tmp_path, small_sft, estimator):
     ppo(tmp_path, small_sft, "max_steps=2", "save_every=0", f"algo.estimator={estimator}", "algo.group_size=4")
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and "val/loss" not in rows[-1]
+    assert_metrics_documented(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scoring, and iterations with nothing to learn from (reward.missing_eos=mask)
+
+
+def test_score_episodes_returns_a_new_mask_and_leaves_the_trajectory_alone():
+    """Hand-computed: env 1.0 x [1, 0, 2, 1]; episode 1 misses end-of-turn, episode 3 gets a NaN score."""
+    traj = SimpleNamespace(
+        env_reward=torch.tensor([1.0, 0.0, 2.0, 1.0]),
+        missing_eos=torch.tensor([0.0, 1.0, 0.0, 0.0]),
+        policy_mask=torch.ones(4, 3),
+    )
+    masked = load_config(PPOConfig, None, ["reward.missing_eos=mask", "reward.env_weight=2.0"]).reward
+    traj.env_reward[3] = float("nan")
+    scores, mask, stats = score_episodes(masked, traj, None, None)
+    assert scores.tolist() == [2.0, 0.0, 4.0, 0.0]  # 2 x env reward; dropped episodes score 0
+    assert mask.sum(1).tolist() == [3.0, 0.0, 3.0, 0.0]
+    assert traj.policy_mask.sum().item() == 12.0  # the trajectory's own mask is untouched
+    assert stats["objective/nonfinite_scores"] == 1
+    penalty = load_config(PPOConfig, None, ["reward.missing_eos=penalty", "reward.missing_eos_penalty=0.5"]).reward
+    traj.env_reward[3] = 1.0
+    scores, mask, _ = score_episodes(penalty, traj, None, None, inject_nan=True)
+    assert scores.tolist() == [0.0, -0.5, 2.0, 1.0]  # episode 0 injected NaN -> dropped; episode 1: 0 - 0.5
+    assert mask.sum(1).tolist() == [0.0, 3.0, 3.0, 3.0]
+
+
+class ScriptedTurns:
+    """A rollout policy that never samples: each turn is `max_new_tokens` digits, ending with end-of-turn only in
+    the environments listed in `ends_turn` (positions in the trainer's env list), so missing_eos is forced."""
+
+    def __init__(self, trainer, ends_turn: set[int]):
+        self.max_new_tokens, self.envs, self.ends_turn = trainer.cfg.rollout.max_new_tokens, trainer.envs, ends_turn
+        self.digit, self.eos = trainer.tokenizer.convert_tokens_to_ids("7"), trainer.tokenizer.eos_token_id
+
+    def act(self, episodes) -> list[list[int]]:
+        turns = []
+        for ep in episodes:
+            ends = next(i for i, env in enumerate(self.envs) if env is ep.env) in self.ends_turn
+            turns.append([self.digit] * (self.max_new_tokens - 1) + [self.eos if ends else self.digit])
+        return turns
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.began, self.rows = 0, []
+
+    def on_train_begin(self, trainer):
+        self.began += 1
+
+    def on_iteration(self, trainer, step, metrics):
+        self.rows.append((step, metrics))
+
+
+def scripted_trainer(tmp_path, ends_turn: set[int], *extra) -> tuple[PPOTrainer, Recorder]:
+    cfg = load_config(
+        PPOConfig,
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "model.name_or_path=tiny",
+            "progress=false",
+            "env.episodes=4",
+            "optim.batch_size=4",
+            "optim.micro_batch_size=4",
+            "rollout.max_new_tokens=4",
+            "reward.missing_eos=mask",
+            "save_every=0",
+            "log_samples_every=1",
+            *extra,
+        ],
+    )
+    recorder = Recorder()
+    trainer = PPOTrainer(cfg, callbacks=[recorder])
+    trainer.sampler = ScriptedTurns(trainer, ends_turn)
+    return trainer, recorder
+
+
+def test_iterations_with_nothing_to_learn_are_skipped_then_stop_the_run(tmp_path, capsys):
+    """No episode ends its turn: every iteration is skipped (no update, metric + warning) and the third in a row
+    stops the run with a message naming the keys; the weights never move."""
+    trainer, recorder = scripted_trainer(tmp_path, set(), "max_steps=5", "reward.max_skipped_iterations=3")
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    with pytest.raises(ConfigError, match=r"3 iterations in a row .*\(reward\.max_skipped_iterations=3\)"):
+        trainer.train()
+    assert recorder.began == 1
+    assert [step for step, _ in recorder.rows] == [1, 2]
+    for _, metrics in recorder.rows:
+        assert metrics["train/skipped_iteration"] == 1.0 and metrics["eos_rate"] == 0.0
+        assert metrics["response_length"] == 0.0 and "policy/loss" not in metrics
+    assert "iteration 1 skipped" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+    assert_metrics_documented(tmp_path)
+
+
+def test_some_episodes_masked_still_update_and_reset_the_streak(tmp_path):
+    """Half the episodes end their turns: the iteration trains on those (finite loss, skip metric 0)."""
+    trainer, recorder = scripted_trainer(tmp_path, {0, 2}, "max_steps=2", "reward.max_skipped_iterations=1")
+    summary = trainer.train()
+    assert summary["steps"] == 2 and [step for step, _ in recorder.rows] == [1, 2]
+    for _, metrics in recorder.rows:
+        assert metrics["train/skipped_iteration"] == 0.0 and metrics["eos_rate"] == 0.5
+        assert math.isfinite(metrics["policy/loss"]) and metrics["policy/minibatch_updates"] == 2.0
     assert_metrics_documented(tmp_path)
