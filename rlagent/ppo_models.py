@@ -8,8 +8,6 @@ import contextlib
 import copy
 import math
 import os
-from typing import TYPE_CHECKING
-
 import torch
 from transformers import AutoModelForTokenClassification
 
@@ -17,9 +15,6 @@ from rlagent import ppo_core as core
 from rlagent.config import ConfigError
 from rlagent.modeling import apply_lora, check_local_path, disable_dropout, load_causal_lm
 from rlagent.ppo_core import align_values, token_entropy, token_logprobs
-
-if TYPE_CHECKING:
-    from rlagent.train_ppo import PPOConfig
 
 
 def load_value_model(init: str, policy, rm_path: str | None, dtype):
@@ -107,11 +102,11 @@ def batched(fn, input_ids, attention_mask, micro: int):
 
 
 def ppo_minibatch_step(
-    cfg: PPOConfig, accelerator, policy, value, optimizer, batch: dict, idx: list[int], train_policy: bool
+    cfg, accelerator, policy, value, optimizer, batch: dict, idx: list[int], train_policy: bool
 ) -> dict | None:
     """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
 
-    Takes the whole config because it reads three sections: algo (losses), optim (micro-batch, clipping) and
+    `cfg` is the PPO stage config (rlagent.train_ppo.PPOConfig); taken whole because it reads three sections: algo (losses), optim (micro-batch, clipping) and
     rollout.temperature. The loss is a token mean over the GLOBAL minibatch: sum over this rank's tokens divided by
     the all-reduced policy-token count, times the process count because DDP averages gradients (PPO_CHECKLIST
     G.27); a rank with no token of its own still runs its passes and contributes zero gradient. Returns None,
@@ -176,9 +171,7 @@ def _accumulate(stats: dict, new: dict, weight: float) -> None:
             stats[key] = stats.get(key, 0.0) + value * weight
 
 
-def ppo_epochs(
-    cfg: PPOConfig, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator
-) -> dict:
+def ppo_epochs(cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator) -> dict:
     """`algo.ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl."""
     n_local = batch["input_ids"].shape[0]
     per_rank = cfg.optim.batch_size // accelerator.num_processes
