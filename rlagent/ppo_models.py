@@ -8,10 +8,11 @@ import contextlib
 import copy
 import math
 import os
+
 import torch
 from transformers import AutoModelForTokenClassification
 
-from rlagent import ppo_core as core
+import rlagent.ppo_core as core
 from rlagent.config import ConfigError
 from rlagent.modeling import apply_lora, check_local_path, disable_dropout, load_causal_lm
 from rlagent.ppo_core import align_values, token_entropy, token_logprobs
@@ -106,11 +107,12 @@ def ppo_minibatch_step(
 ) -> dict | None:
     """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
 
-    `cfg` is the PPO stage config (rlagent.train_ppo.PPOConfig); taken whole because it reads three sections: algo (losses), optim (micro-batch, clipping) and
-    rollout.temperature. The loss is a token mean over the GLOBAL minibatch: sum over this rank's tokens divided by
-    the all-reduced policy-token count, times the process count because DDP averages gradients (PPO_CHECKLIST
-    G.27); a rank with no token of its own still runs its passes and contributes zero gradient. Returns None,
-    on every rank alike, when the global minibatch has no policy token (episodes dropped by scoring).
+    `cfg` is the PPO stage config (rlagent.train_ppo.PPOConfig), taken whole because it reads three sections: algo
+    (losses), optim (micro-batch, clipping) and rollout.temperature. The loss is a token mean over the GLOBAL
+    minibatch: sum over this rank's tokens divided by the all-reduced policy-token count, times the process count
+    because DDP averages gradients (docs/ppo.md G.27); a rank with no token of its own still runs its passes and
+    contributes zero gradient. Returns None, on every rank alike, when the global minibatch has no policy token
+    (episodes dropped by scoring).
     """
     mask = batch["policy_mask"]
     local_tokens = mask[idx].sum().to(accelerator.device)
