@@ -57,7 +57,7 @@ STAGES = {
         *SMALL_MODEL,
         "data.source=expert",
         "data.episodes=60",
-        "max_steps=16",
+        "max_steps=30",
         "log_every=1",
         "eval_every=4",
         "optim.batch_size=8",
@@ -68,7 +68,7 @@ STAGES = {
         *SMALL_MODEL,
         "data.source=expert",
         "data.pairs=40",
-        "max_steps=16",
+        "max_steps=30",
         "log_every=1",
         "eval_every=4",
         "optim.batch_size=8",
@@ -85,7 +85,7 @@ STAGES = {
         "optim.micro_batch_size=4",
         "rollout.max_new_tokens=16",
         "rollout.max_total_tokens=256",
-        "max_steps=8",
+        "max_steps=10",
         "log_samples_every=2",
     ],
 }
@@ -275,7 +275,9 @@ def kill_once(proc, run_dir: str, mode: str, rng: random.Random, timing: dict, k
     if mode == "checkpoint":
         stale = tmp_folders(run_dir)
         deadline = time.time() + timing["seconds"] * 2
-        wait_for_checkpoint_write(proc, run_dir, rng.randint(0, 3), stale, deadline)
+        # Skip up to 3 writes, never more than are left (steps to go + final/), so the kill still lands.
+        skip = rng.randint(0, min(3, max(0, steps - latest - 1)))
+        wait_for_checkpoint_write(proc, run_dir, skip, stale, deadline)
         # A tiny model's checkpoint takes tens of ms to write: half the kills go at once, half a little later
         # (into the rename and the pruning that follow).
         time.sleep(rng.choice([0.0, rng.uniform(0.0, 0.05)]))
