@@ -1,7 +1,7 @@
 """Kill -9 and resume: every stage, SIGKILLed at random moments and while a checkpoint is being written, must end
 with the same weights and metrics as an uninterrupted run of the same seed.
 
-    python bench/kill_resume.py [--kills 10] [--stages sft,reward,ppo] [--seed 0] [--workdir DIR]
+    python bench/kill_resume.py [--kills 10] [--stages sft,reward,ppo] [--seed 0] [--steps N] [--workdir DIR]
 
 For each stage, on a tiny config that checkpoints every step (STAGES below):
 1. Reference: one uninterrupted run (keep_checkpoints large, so every step's checkpoint can be compared).
@@ -100,6 +100,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--stages", default="sft,reward,ppo", help="Comma-separated stages to test.")
     parser.add_argument("--seed", type=int, default=0, help="Training seed, and the seed of the kill moments.")
     parser.add_argument("--workdir", default="/tmp/rlagent_kill_resume", help="Scratch folder (emptied first).")
+    parser.add_argument("--steps", type=int, help="Override every stage's max_steps (default: STAGES).")
     parser.add_argument("--tol", type=float, default=0.0, help="Largest |difference| accepted in weights/metrics.")
     return parser.parse_args()
 
@@ -108,13 +109,22 @@ def parse() -> argparse.Namespace:
 # Launching and killing
 
 
-def launch(stage: str, output_dir: str, seed: int, extra: list[str], log) -> subprocess.Popen:
+RUNNING: list[subprocess.Popen] = []  # launched runs, killed if this script is stopped (they are not its group)
+
+
+def stage_steps(stage: str, args) -> int:
+    return args.steps or int(next(a for a in STAGES[stage] if a.startswith("max_steps=")).split("=")[1])
+
+
+def launch(stage: str, output_dir: str, args, extra: list[str], log) -> subprocess.Popen:
     """`python -m rlagent.cli STAGE` as the leader of its own process group (tool workers die with it)."""
-    cmd = [sys.executable, "-m", "rlagent.cli", stage, f"output_dir={output_dir}", f"seed={seed}"]
-    cmd += [*STAGES[stage], *COMMON, *extra]
+    cmd = [sys.executable, "-m", "rlagent.cli", stage, f"output_dir={output_dir}", f"seed={args.seed}"]
+    cmd += [*STAGES[stage], *COMMON, f"max_steps={stage_steps(stage, args)}", *extra]
     env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     env["TRANSFORMERS_VERBOSITY"] = "error"
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    RUNNING.append(proc)
+    return proc
 
 
 def kill_group(proc: subprocess.Popen) -> bool:
@@ -256,10 +266,10 @@ def checkpoint_diff(ref_dir: str, run_dir: str, step: int) -> float:
 # One stage
 
 
-def reference_run(stage: str, ref_dir: str, seed: int, log) -> dict:
+def reference_run(stage: str, ref_dir: str, args, log) -> dict:
     """The uninterrupted run; returns its timings (start-up = time to the first checkpoint)."""
     t0, first = time.time(), None
-    proc = launch(stage, ref_dir, seed, ["keep_checkpoints=1000"], log)
+    proc = launch(stage, ref_dir, args, ["keep_checkpoints=1000"], log)
     while proc.poll() is None:
         if first is None and scan_checkpoints(ref_dir):
             first = time.time() - t0
@@ -306,14 +316,14 @@ def launch_report(ref_dir: str, run_dir: str, resumed_from: int, ref_rows: dict,
 
 def killed_run(stage: str, ref_dir: str, run_dir: str, args, timing: dict, rng: random.Random, log) -> dict:
     """Kill, check, resume — `args.kills` times — then let the run finish. Returns the counts."""
-    steps = int(next(a for a in STAGES[stage] if a.startswith("max_steps=")).split("=")[1])
+    steps = stage_steps(stage, args)
     ref_rows = {r["step"]: r for r in read_rows(os.path.join(ref_dir, "metrics.jsonl"))}
     counts = {"kills": 0, "kills_in_checkpoint_write": 0, "resumes": 0, "resumes_exact": 0, "resumes_no_progress": 0}
     counts.update({"lost_checkpoints": 0, "corrupt_checkpoints": 0, "partial_checkpoints": 0, "crashes": 0})
     problems, best, launches = [], 0, 0
     while True:
         resumed_from = latest_complete(scan_checkpoints(run_dir))
-        proc = launch(stage, run_dir, args.seed, ["resume_from=auto"], log)
+        proc = launch(stage, run_dir, args, ["resume_from=auto"], log)
         launches += 1
         if counts["kills"] < args.kills:
             mode = "checkpoint" if counts["kills"] % 2 == 0 else "random"
@@ -388,7 +398,7 @@ def run_stage(stage: str, args, rng: random.Random) -> dict:
     ref_dir, run_dir = os.path.join(root, "reference"), os.path.join(root, "killed")
     t0 = time.time()
     with open(os.path.join(root, "log.txt"), "w", encoding="utf-8") as log:
-        timing = reference_run(stage, ref_dir, args.seed, log)
+        timing = reference_run(stage, ref_dir, args, log)
         counts = killed_run(stage, ref_dir, run_dir, args, timing, rng, log)
     final = compare_final(ref_dir, run_dir) if not counts["crashes"] else {}
     scan = scan_checkpoints(run_dir)
@@ -414,9 +424,15 @@ def main() -> None:
         raise SystemExit(f"kill_resume: unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     print(f"-- {uptime()}\n-- {machine()}", flush=True)
     rng = random.Random(args.seed)
-    for stage in stages:
-        result = run_stage(stage, args, rng)
-        print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` below still runs
+    try:
+        for stage in stages:
+            result = run_stage(stage, args, rng)
+            print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+    finally:
+        for proc in RUNNING:
+            if proc.poll() is None:
+                kill_group(proc)
     print(f"-- {uptime()}", flush=True)
 
 

@@ -77,10 +77,16 @@ def test_a_kill_during_pruning_leaves_no_complete_but_broken_checkpoint(tmp_path
 def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
     """SFT and PPO, each killed twice (one kill aimed at a checkpoint write, one at a random moment) and resumed
     with resume_from=auto: same final weights, same metrics for every step, every checkpoint loadable."""
-    cmd = [sys.executable, SCRIPT, "--kills", "2", "--stages", "sft,ppo", "--workdir", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line[len("RESULT ") :]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    cmd = [sys.executable, SCRIPT, "--kills", "2", "--stages", "sft,ppo", "--steps", "6", "--workdir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the script kills the run it launched before exiting
+        stdout, _ = proc.communicate()
+        pytest.fail(f"bench/kill_resume.py did not finish in 1200 s:\n{stdout[-3000:]}")
+    assert proc.returncode == 0, stdout[-3000:]
+    results = [json.loads(line[len("RESULT ") :]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert [r["stage"] for r in results] == ["sft", "ppo"]
     for r in results:
         assert r["kills"] == 2 and r["crashes"] == 0 and r["problems"] == [], r
