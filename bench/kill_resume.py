@@ -10,7 +10,8 @@ For each stage, on a tiny config that checkpoints every step (STAGES below):
    - checkpoint: poll (2 ms) for a NEW `checkpoints/step-N.tmp` (or `final.tmp`) folder, wait 0-3 more of them,
      then at once or after a random 0-50 ms, and kill — inside the write, the rename or the pruning that follows;
    - random: a uniform delay over the next slice of the run (start-up included, so some kills land while the
-     previous checkpoint is being loaded or metrics.jsonl is being trimmed).
+     previous checkpoint is being loaded or metrics.jsonl is being trimmed), cut short if the run starts its
+     last checkpoint or final/ first (so every kill lands before the run can finish).
    After `--kills` kills the run is allowed to finish.
 3. After every kill: every `checkpoints/step-N` holding COMPLETE must load (training_state.pt, rng files, every
    safetensors file); a folder without COMPLETE is counted as partial (resume ignores it); the latest complete step
@@ -294,8 +295,13 @@ def kill_once(proc, run_dir: str, mode: str, rng: random.Random, timing: dict, k
     else:
         remaining = timing["startup"] + timing["train"] * (steps - latest) / steps
         span = min(timing["startup"] + 2 * timing["train"] / kills, 0.9 * remaining)
-        end = time.time() + rng.uniform(0.0, span)
+        end, stale = time.time() + rng.uniform(0.0, span), tmp_folders(run_dir)
+        last = {f"step-{steps}.tmp", "final.tmp"}
+        # The timing estimate comes from another run on a shared machine: if the run reaches its last writes
+        # first, kill there, so the kill still lands before the run can finish.
         while proc.poll() is None and time.time() < end:
+            if any(name in last for name, *_ in tmp_folders(run_dir) - stale):
+                break
             time.sleep(0.01)
     return kill_group(proc)
 
