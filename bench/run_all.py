@@ -5,6 +5,7 @@
     .venv/bin/python bench/run_all.py --quick              # ~1-minute smoke run of each
     .venv/bin/python bench/run_all.py --only ppo_vs_trl_ppo --write --wait-idle 600
     .venv/bin/python bench/run_all.py --only rollout_throughput --write -- --policy runs/quickstart/sft/final
+    .venv/bin/python bench/run_all.py --only kill_resume --write   # opt-in (OPT_IN): minutes of kill -9 / resume
 
 With --write, each benchmark's result lines are appended to bench/results.jsonl with the date, machine (nproc,
 platform, CPU), package versions, load averages before and after, and the exact command; bench/RESULTS.md's
@@ -39,7 +40,10 @@ BENCHMARKS = {
     "multiturn_vs_trl_grpo": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
     "ppo_learning": ["--quick"],
+    "kill_resume": ["--kills", "2"],
 }
+# Run only when named with --only (minutes of kill/resume cycles; a robustness check, not a speed).
+OPT_IN = {"kill_resume"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -203,7 +207,19 @@ def render_memory(result: dict) -> list[str]:
     return rows
 
 
+def render_kill_resume(r: dict) -> list[str]:
+    return [
+        f"- {r['stage']}: {r['kills']} kills ({r['kills_in_checkpoint_write']} inside a checkpoint write), "
+        f"{r['resumes_exact']}/{r['resumes']} resumes continued exactly, lost / corrupt / partial checkpoints "
+        f"{r['lost_checkpoints']} / {r['corrupt_checkpoints']} / {r['partial_checkpoints']}, crashes {r['crashes']}; "
+        f"final weights max |diff| {r.get('final_weights_max_diff')}, metrics max |diff| {r.get('metrics_max_diff')}; "
+        f"summary.json keys that differ: {', '.join(r.get('summary_mismatched_keys', [])) or 'none'} "
+        f"({r['seconds']:.0f} s)"
+    ]
+
+
 RENDERERS = {
+    "kill_resume": render_kill_resume,
     "ppo_vs_trl_ppo": render_ppo,
     "multiturn_vs_trl_grpo": render_multiturn,
     "memory_lora_vs_full": render_memory,
@@ -214,6 +230,7 @@ TITLES = {
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
+    "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
 }
 
 
@@ -273,7 +290,7 @@ def main(argv=None) -> None:
         write_markdown(read_records())
         return
     present = [name for name in BENCHMARKS if os.path.isfile(os.path.join(BENCH_DIR, f"{name}.py"))]
-    names = [n for n in args.only.split(",") if n] or present
+    names = [n for n in args.only.split(",") if n] or [n for n in present if n not in OPT_IN]
     unknown = set(names) - set(present)
     if unknown:
         raise SystemExit(f"run_all: unknown or missing benchmark(s): {sorted(unknown)}; present: {present}")

@@ -22,13 +22,26 @@ def _clean(value):
 
 
 def _keep_rows_up_to(path: str, step: int) -> None:
-    """On resume, drop rows logged after the checkpoint (they will be logged again); a fresh run starts empty."""
+    """On resume, drop rows logged after the checkpoint (they will be logged again); a fresh run starts empty.
+
+    The trimmed file replaces the old one atomically: a kill during the rewrite must not lose the rows before the
+    checkpoint. A torn last line (a kill inside a write) is dropped with the rows after the checkpoint.
+    """
     if not os.path.isfile(path):
         return
+    rows = []
     with open(path, encoding="utf-8") as handle:
-        rows = [line for line in handle if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w", encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if row is not None and row.get("step", 0) <= step:
+                rows.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
         handle.writelines(rows)
+    os.replace(tmp, path)
 
 
 class Tracker:
@@ -53,6 +66,8 @@ class Tracker:
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
+        # Sample tables are appended by log_table whatever report_to says, so they are trimmed the same way.
+        _keep_rows_up_to(os.path.join(output_dir, "samples.jsonl"), resume_step or 0)
         if "jsonl" in report_to:
             _keep_rows_up_to(os.path.join(output_dir, "metrics.jsonl"), resume_step or 0)
             self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")

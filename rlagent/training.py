@@ -135,7 +135,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
             accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, name), safe_serialization=True)
         torch.save(state, os.path.join(tmp, "training_state.pt"))
         open(os.path.join(tmp, "COMPLETE"), "w").close()
-        shutil.rmtree(final, ignore_errors=True)
+        _remove_checkpoint(final)  # only there when a step is saved again (resume from an explicit earlier path)
         os.replace(tmp, final)
         _prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
@@ -146,7 +146,17 @@ def _prune_checkpoints(output_dir: str, keep: int) -> None:
     paths = glob.glob(os.path.join(output_dir, "checkpoints", "step-*"))
     steps = sorted((int(m.group(1)), p) for p in paths if (m := CHECKPOINT_RE.search(p)))
     for _, path in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_checkpoint(path)
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Delete a step-N folder, its COMPLETE marker first: rmtree removes files in directory order, so a kill half-way
+    through could otherwise leave a folder that still says COMPLETE but has lost its weights or optimiser state."""
+    try:
+        os.remove(os.path.join(path, "COMPLETE"))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def load_checkpoint(path: str, models: dict, rank: int) -> dict:
