@@ -21,7 +21,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 
     Shape: logits (B, T, V), input_ids (B, T) -> (B, T) in fp32 (fp64 if logits are fp64); index 0 is 0.
     One row at a time in fp32, logsumexp + gather: never a full fp32 log-softmax of the whole batch
-    (TRL `selective_log_softmax`, PPO_CHECKLIST B.9). Temperature must match the rollout's (B.7).
+    (TRL `selective_log_softmax`, docs/ppo.md B.9). Temperature must match the rollout's (B.7).
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     rows = []
@@ -95,7 +95,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     """(x - mean) / sqrt(var + eps) with mask statistics (unbiased var); zero outside the mask.
 
     shift_mean=False ADDS THE MEAN BACK, (x - mean)/std + mean: the spread becomes 1 but the mean is kept
-    (TRL/veRL `masked_whiten` semantics; torchtune's `whiten` flag means the opposite, PPO_CHECKLIST F.22).
+    (TRL/veRL `masked_whiten` semantics; torchtune's `whiten` flag means the opposite, docs/ppo.md F.22).
     Shape: (B, T) -> (B, T). Raises ValueError on an empty mask.
     """
     mean, var = masked_mean(x, mask), masked_var(x, mask)
@@ -112,7 +112,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 def kl_penalty(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1", clamp: float | None = 10.0
 ) -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) estimate (Schulman, "Approximating KL divergence"; PPO_CHECKLIST E.19).
+    """Per-token KL(pi || pi_ref) estimate (Schulman, "Approximating KL divergence"; docs/ppo.md E.19).
 
     k1 = log pi - log pi_ref (unbiased, can be negative; the principled choice inside the reward),
     k2 = 1/2 (log pi - log pi_ref)^2, k3 = (r - 1) - log r with r = pi_ref / pi (never negative).
@@ -136,7 +136,7 @@ def token_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: -kl_coef * kl on policy tokens, plus the episode score at its LAST policy token.
 
-    (N+ implementation details of RLHF, "Policy #8"; PPO_CHECKLIST E.18, C.14.) Environment tokens and padding
+    (N+ implementation details of RLHF, "Policy #8"; docs/ppo.md E.18, C.14.) Environment tokens and padding
     after the last policy token get nothing. Shape: kl (B, T), scores (B,), policy_mask (B, T) ->
     (rewards (B, T), non_score_rewards (B, T)).
     Raises ValueError for a row with no policy token and a non-zero score (the score would be lost). A row with no
@@ -168,7 +168,7 @@ def gae(
 
     On a non-policy token (tool output, template, padding) the next value and the running advantage are carried
     unchanged, so an observation is not a step of the MDP (veRL `compute_gae_advantage_return`, "skip values and
-    TD-error on observation tokens"; PPO_CHECKLIST C.13). Zeroing those tokens instead is only exact for
+    TD-error on observation tokens"; docs/ppo.md C.13). Zeroing those tokens instead is only exact for
     gamma = lam = 1. The value after the last policy token is 0 (the episode ends); rewards on non-policy tokens
     are ignored. Returns (advantages, returns) with returns = advantages + values; both 0 off the mask.
     No gradient: both are targets. Shape: (B, T) each -> ((B, T), (B, T)).
@@ -248,7 +248,7 @@ def policy_loss(
     dual_clip = c > 1 also caps the loss of A < 0 tokens at -c A (Ye et al. 2020; veRL `compute_policy_loss`).
     `normaliser` is the number of policy tokens in the GLOBAL minibatch (all micro-batches, all ranks), so the
     summed gradient is a token mean that does not depend on micro-batching or process count (OpenRLHF
-    `tests/test_loss_aggregation.py`, veRL `agg_loss`; PPO_CHECKLIST G.27). Default: this mask's token count.
+    `tests/test_loss_aggregation.py`, veRL `agg_loss`; docs/ppo.md G.27). Default: this mask's token count.
 
     Stats (detached, token means over THIS micro-batch; 0 when its mask is empty):
     - clipfrac: fraction where the clipped term is strictly larger, i.e. where it set the loss and zeroed the
@@ -289,7 +289,7 @@ def value_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss 1/2 max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2), summed / normaliser.
 
-    clip_eps=None: plain 1/2 (V - R)^2. `normaliser` as in `policy_loss` (PPO_CHECKLIST F.24, G.27).
+    clip_eps=None: plain 1/2 (V - R)^2. `normaliser` as in `policy_loss` (docs/ppo.md F.24, G.27).
     Stats: clipfrac = fraction of this micro-batch's tokens where the clipped error was strictly larger.
     Shape: (B, T) each -> (scalar loss, dict of scalars).
     """
@@ -326,7 +326,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019; TRL v0.11 `AdaptiveKLController`; PPO_CHECKLIST E.20).
+    """Adaptive KL coefficient (Ziegler et al. 2019; TRL v0.11 `AdaptiveKLController`; docs/ppo.md E.20).
 
     e = clip(current_kl / target - 1, -0.2, 0.2); value <- value * (1 + e * n_steps / horizon).
     Units: rlagent feeds `current_kl` = the per-SEQUENCE SUM of the KL estimate over policy tokens, averaged over

@@ -22,7 +22,7 @@ def load_value_model(init: str, policy, rm_path: str | None, dtype):
     """Critic = backbone + per-token scalar head (AutoModelForTokenClassification, num_labels=1).
 
     init='reward_model': backbone and head from the stage-2 RM (its `score` head has the same shape, so it loads);
-    init='policy': a copy of the policy backbone with a zero-initialised head (PPO_CHECKLIST F.23).
+    init='policy': a copy of the policy backbone with a zero-initialised head (docs/ppo.md F.23).
     """
     if init == "reward_model":
         if not rm_path:
@@ -49,7 +49,7 @@ def load_models(cfg, tokenizer):
     policy = load_causal_lm(cfg.model, tokenizer, cfg.seed)
     reference = None
     if not cfg.model.lora.enabled:
-        # A separate frozen copy (PPO_CHECKLIST H.31): the reference must be the starting policy.
+        # A separate frozen copy (docs/ppo.md H.31): the reference must be the starting policy.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     # With LoRA, the reference is the base with adapters disabled — valid because the base IS the starting policy.
     policy = apply_lora(policy, cfg.model)

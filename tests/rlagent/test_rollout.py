@@ -369,7 +369,7 @@ def test_prompt_that_cannot_fit_raises(tok):
 
 def test_checkpoint_sampling_knobs_are_neutralised(tok):
     """A checkpoint's generation_config (Qwen: top_k=20, top_p=0.8, repetition_penalty=1.05) must not leak into
-    rollouts: PPO needs samples from the true policy (PPO_CHECKLIST B.6)."""
+    rollouts: PPO needs samples from the true policy (docs/ppo.md B.6)."""
     model = build_tiny_model(SMALL, tok, seed=0)
     model.generation_config.top_k, model.generation_config.top_p = 20, 0.8
     model.generation_config.repetition_penalty = 1.05
