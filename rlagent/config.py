@@ -87,6 +87,27 @@ class OptimConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """Where a supervised stage's examples come from: a JSONL file, or the scripted experts of `envs`."""
+
+    source: Literal["file", "expert"] = doc(
+        "'file' reads data.path; 'expert' has the scripted experts play.", "expert"
+    )
+    path: str | None = doc("JSONL file of examples (source: file).", None)
+    env_ids: list[str] = doc(
+        "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
+    )
+
+    def checked_path(self) -> str:
+        """data.path when source is 'file': set, and an existing file."""
+        if not self.path:
+            raise ConfigError("data.path must be set when data.source is 'file'")
+        if not os.path.isfile(self.path):
+            raise ConfigError(f"data.path: file not found: {self.path}")
+        return self.path
+
+
+@dataclass
 class StageConfig:
     """The top-level keys every stage config has (SFT, reward model, PPO), under the same names in every YAML.
 

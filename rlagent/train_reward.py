@@ -22,7 +22,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -36,7 +35,7 @@ from reward_models.scoring import (
     raw_scores,
     render_many_for_reward,
 )
-from rlagent.config import ModelConfig, doc, parse_args, run_main
+from rlagent.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
 from rlagent.data import DataError, write_jsonl
 from rlagent.fit import SupervisedConfig, SupervisedTask, fit
 from rlagent.modeling import apply_lora, disable_dropout, load_tokenizer
@@ -44,14 +43,10 @@ from rlagent.training import check_batch_shape, make_accelerator, save_final, se
 
 
 @dataclass
-class RewardDataConfig:
+class RewardDataConfig(DataSourceConfig):
     """Where preference pairs come from."""
 
-    source: Literal["file", "expert"] = doc("'file' reads data.path; 'expert' asks the scripted experts.", "expert")
     path: str | None = doc("JSONL of TRL-style pairs: prompt + chosen/rejected, or whole conversations.", None)
-    env_ids: list[str] = doc(
-        "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
-    )
     pairs: int = doc("Expert pairs per environment (source: expert).", 400)
     noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5)
     rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
@@ -101,11 +96,7 @@ class TokenizedPair:
 def load_pairs(cfg: RewardConfig) -> list[dict]:
     """Pairs from a JSONL file or from the scripted experts of `envs`."""
     if cfg.data.source == "file":
-        if not cfg.data.path:
-            raise DataError("data.path must be set when data.source is 'file'")
-        if not os.path.isfile(cfg.data.path):
-            raise DataError(f"data.path: file not found: {cfg.data.path}")
-        return read_pairs(cfg.data.path)
+        return read_pairs(cfg.data.checked_path())
     from envs.experts import generate_preference_pairs
 
     rows = []

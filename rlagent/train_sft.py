@@ -14,14 +14,12 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from rlagent.config import ModelConfig, config_to_dict, doc, parse_args, run_main
+from rlagent.config import DataSourceConfig, ModelConfig, config_to_dict, doc, parse_args, run_main
 from rlagent.data import (
-    DataError,
     TokenizedConversation,
     TokenizedDataset,
     collate_right_padded,
@@ -34,16 +32,10 @@ from rlagent.training import check_batch_shape, make_accelerator, save_final, se
 
 
 @dataclass
-class SFTDataConfig:
+class SFTDataConfig(DataSourceConfig):
     """Where demonstrations come from."""
 
-    source: Literal["file", "expert"] = doc(
-        "'file' reads data.path; 'expert' generates scripted-expert episodes.", "expert"
-    )
     path: str | None = doc("JSONL of {'messages': [...], 'tools': [...]} conversations (source: file).", None)
-    env_ids: list[str] = doc(
-        "Environments the expert plays (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
-    )
     episodes: int = doc("Expert episodes per environment (source: expert).", 400)
     noise: float = doc("Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0)
     only_successful: bool = doc("Keep only expert episodes that succeeded.", False)
@@ -69,12 +61,9 @@ def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
     """Demonstrations from a JSONL file (streamed line by line) or from the scripted experts of `envs`, and a key
     that changes whenever the input does (for the tokenised-data cache)."""
     if cfg.data.source == "file":
-        if not cfg.data.path:
-            raise DataError("data.path must be set when data.source is 'file'")
-        if not os.path.isfile(cfg.data.path):
-            raise DataError(f"data.path: file not found: {cfg.data.path}")
-        stat = os.stat(cfg.data.path)
-        return iter_conversations(cfg.data.path), f"{os.path.abspath(cfg.data.path)}|{stat.st_size}|{stat.st_mtime_ns}"
+        path = cfg.data.checked_path()
+        stat = os.stat(path)
+        return iter_conversations(path), f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     from envs.experts import generate_demonstrations
 
     rows = []
