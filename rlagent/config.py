@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses loaded from YAML plus `key.sub=value` overrides, with errors that name the key.
 
 Every stage script declares one dataclass (fields built with `doc(...)`, so each has a one-line help text) and calls
-`parse_args(ConfigClass, argv)`. Shared pieces (model, LoRA, optimisation) live here.
+`parse_args(ConfigClass, argv)`. Shared pieces (model, LoRA, optimisation, the keys every stage has) live here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 import yaml
+
+from rlagent.data import check_input_file
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,51 @@ class OptimConfig:
         "Sequences per forward pass on one process (gradient accumulation fills the rest).", 16
     )
     max_grad_norm: float = doc("Clip the global gradient norm to this value.", 1.0)
+
+
+@dataclass
+class DataSourceConfig:
+    """Where a supervised stage's examples come from: a JSONL file, or the scripted experts of `envs`."""
+
+    source: Literal["file", "expert"] = doc(
+        "'file' reads data.path; 'expert' has the scripted experts play.", "expert"
+    )
+    path: str | None = doc("JSONL file of examples (source: file).", None)
+    env_ids: list[str] = doc(
+        "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
+    )
+
+    def checked_path(self) -> str:
+        """data.path when source is 'file': set, and an existing file."""
+        if not self.path:
+            raise ConfigError("data.path must be set when data.source is 'file'")
+        check_input_file(self.path, "data.path")
+        return self.path
+
+
+@dataclass
+class StageConfig:
+    """The top-level keys every stage config has (SFT, reward model, PPO), under the same names in every YAML.
+
+    A stage subclasses it and redefines a field only to give it its own default or help text; a redefined field
+    keeps its place, so every stage's resolved config.yaml starts with these keys.
+    """
+
+    output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/stage")
+    seed: int = doc(
+        "Seed for weight init, data order, generated data and sampling (process k samples with seed+k).", 0
+    )
+    max_steps: int = doc("Optimizer steps.", 200)
+    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
+    resume_from: str | None = doc(
+        "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
+    )
+    model: ModelConfig = doc("Model to start from.", factory=ModelConfig)
+    optim: OptimConfig = doc("Optimiser and batch shape.", factory=OptimConfig)
+    save_every: int = doc("Checkpoint every N steps (0 = never).", 100)
+    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
+    progress: bool = doc("Show a rich progress bar.", True)
+    wandb_project: str = doc("W&B project name.", "rlagent")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from reward_models.combine import combine_rewards
 from rlagent import ppo_core as core
-from rlagent.config import ConfigError, ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
+from rlagent.config import ConfigError, ModelConfig, OptimConfig, StageConfig, doc, parse_args, run_main, save_config
 from rlagent.modeling import count_parameters, load_tokenizer
 from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, ppo_epochs, reference_context
 from rlagent.ppo_schedule import Curriculum, episode_seeds, sample_rows
@@ -135,16 +135,11 @@ class CurriculumConfig:
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(StageConfig):
     """Multi-turn PPO for tool-using agents."""
 
     output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/ppo")
-    seed: int = doc("Seed for sampling and episode selection.", 0)
     max_steps: int = doc("PPO iterations (rollout + update).", 30)
-    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
-    resume_from: str | None = doc(
-        "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
-    )
     model: ModelConfig = doc("Policy to start from (usually the SFT output's final/).", factory=ModelConfig)
     optim: OptimConfig = doc(
         "Policy optimiser; batch_size = episodes per minibatch (one optimizer step).",
@@ -158,9 +153,6 @@ class PPOConfig:
     curriculum: CurriculumConfig = doc("Difficulty curriculum.", factory=CurriculumConfig)
     log_samples_every: int = doc("Log a table of sample trajectories every N iterations (0 = never).", 10)
     save_every: int = doc("Checkpoint every N iterations (0 = only at the end).", 10)
-    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
-    progress: bool = doc("Show a rich progress bar.", True)
-    wandb_project: str = doc("W&B project name.", "rlagent")
     inject_nan_reward_at: int | None = doc(
         "Fault injection for tests: NaN score for episode 0 at this iteration.", None
     )

@@ -22,7 +22,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -36,32 +35,18 @@ from reward_models.scoring import (
     raw_scores,
     render_many_for_reward,
 )
-from rlagent.config import ModelConfig, OptimConfig, doc, parse_args, run_main, save_config
-from rlagent.data import DataError, check_input_file, write_jsonl
-from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_tokenizer
-from rlagent.tracking import Progress, Tracker
-from rlagent.training import (
-    batch_indices,
-    build_optimizer,
-    check_batch_shape,
-    make_accelerator,
-    resolve_resume,
-    restore_training,
-    save_checkpoint,
-    save_final,
-    set_seed,
-)
+from rlagent.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
+from rlagent.data import DataError, write_jsonl
+from rlagent.fit import SupervisedConfig, SupervisedTask, fit
+from rlagent.modeling import apply_lora, disable_dropout, load_tokenizer
+from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
 
 
 @dataclass
-class RewardDataConfig:
+class RewardDataConfig(DataSourceConfig):
     """Where preference pairs come from."""
 
-    source: Literal["file", "expert"] = doc("'file' reads data.path; 'expert' asks the scripted experts.", "expert")
     path: str | None = doc("JSONL of TRL-style pairs: prompt + chosen/rejected, or whole conversations.", None)
-    env_ids: list[str] = doc(
-        "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
-    )
     pairs: int = doc("Expert pairs per environment (source: expert).", 400)
     noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5)
     rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
@@ -84,33 +69,19 @@ class NormalizeConfig:
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(SupervisedConfig):
     """Reward model from preference pairs (Bradley–Terry). optim.batch_size and micro_batch_size count pairs."""
 
     output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/reward")
-    seed: int = doc("Seed for head init, data order and expert pairs.", 0)
-    max_steps: int = doc("Optimizer steps.", 200)
-    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
-    resume_from: str | None = doc(
-        "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
-    )
     model: ModelConfig = doc(
         "Backbone: 'tiny', a causal-LM folder (fresh head) or a reward-model folder.", factory=ModelConfig
     )
-    optim: OptimConfig = doc("Optimiser and batch shape (in pairs).", factory=OptimConfig)
     data: RewardDataConfig = doc("Preference pairs.", factory=RewardDataConfig)
     margin: float = doc("Bradley–Terry margin: chosen must win by this much (0 = off; a pair's 'margin' wins).", 0.0)
     center_rewards_coef: float = doc(
         "Weight of mean (r_c + r_r)² keeping scores centred (TRL uses 0.01; 0 = off).", 0.01
     )
     max_length: int = doc("Longest conversation in tokens; longer ones keep their last max_length tokens.", 768)
-    log_every: int = doc("Log train metrics every N steps.", 5)
-    eval_every: int = doc("Compute eval accuracy/margin every N steps (0 = only at the end).", 50)
-    early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
-    save_every: int = doc("Checkpoint every N steps (0 = never).", 100)
-    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
-    progress: bool = doc("Show a rich progress bar.", True)
-    wandb_project: str = doc("W&B project name.", "rlagent")
     normalize: NormalizeConfig = doc("Score normalisation.", factory=NormalizeConfig)
     pairs_out: str | None = doc("Write the pairs used (train + eval, rule-built included) to this JSONL.", None)
 
@@ -125,10 +96,7 @@ class TokenizedPair:
 def load_pairs(cfg: RewardConfig) -> list[dict]:
     """Pairs from a JSONL file or from the scripted experts of `envs`."""
     if cfg.data.source == "file":
-        if not cfg.data.path:
-            raise DataError("data.path must be set when data.source is 'file'")
-        check_input_file(cfg.data.path, "data.path")
-        return read_pairs(cfg.data.path)
+        return read_pairs(cfg.data.checked_path())
     from envs.experts import generate_preference_pairs
 
     rows = []
@@ -221,31 +189,21 @@ def evaluate(model, pairs: list[TokenizedPair], pad_id: int, micro: int, device,
     return {"eval/loss": float(loss), "eval/accuracy": float(stats["accuracy"]), "eval/margin": float(stats["margin"])}
 
 
-def train_step(
-    model, optimizer, scheduler, accelerator, micro_batches: list, global_pairs: int, pad_id: int, cfg: RewardConfig
-) -> dict:
-    """One optimizer step; each micro-batch's mean is weighted by its share of the GLOBAL batch of pairs."""
-    sums = torch.zeros(3, device=accelerator.device)  # loss, correct pairs, margin — summed over pairs
-    for i, pairs in enumerate(micro_batches):
-        sync = i == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not sync else torch.enable_grad():
-            loss, stats = pair_loss(model, pairs, pad_id, accelerator.device, cfg.center_rewards_coef)
-            # DDP averages gradients over processes, so multiply back by the process count.
-            accelerator.backward(loss * len(pairs) * accelerator.num_processes / global_pairs)
-        sums += torch.stack([loss.detach(), stats["accuracy"], stats["margin"]]) * len(pairs)
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-    if torch.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    loss, correct, margin = (accelerator.reduce(sums, reduction="sum") / global_pairs).tolist()
-    return {
-        "train/loss": loss,
-        "train/accuracy": correct,
-        "train/margin": margin,
-        "train/grad_norm": float(grad_norm),
-        "train/skipped_step": int(not torch.isfinite(grad_norm)),
-    }
+def pair_loss_sums(model, pairs: list[TokenizedPair], pad_id: int, device, center_coef: float):
+    """fit()'s loss_sums: the micro-batch's mean loss, accuracy and margin times its pair count (sums over pairs)."""
+    loss, stats = pair_loss(model, pairs, pad_id, device, center_coef)
+    n = len(pairs)
+    return loss * n, {"loss": loss.detach() * n, "accuracy": stats["accuracy"] * n, "margin": stats["margin"] * n}
+
+
+def describe_data(stats: dict, max_length: int) -> str:
+    """The data part of the start-up line."""
+    truncated = stats["data/train_truncated"] + stats["data/eval_truncated"]
+    dropped = stats["data/train_identical_render"] + stats["data/eval_identical_render"]
+    return (
+        f"{stats['data/train']} train pairs ({stats['data/rule_pairs']} rule-built) and {stats['data/eval']} eval "
+        f"pairs, {truncated} truncated to {max_length} tokens, {dropped} dropped (identical once rendered)"
+    )
 
 
 def pop_pairs_out(argv: list[str]) -> tuple[list[str], str | None]:
@@ -266,135 +224,59 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
     accelerator = make_accelerator()
     set_seed(cfg.seed, accelerator.process_index)
-    accumulation = check_batch_shape(cfg.optim, accelerator.num_processes)
+    check_batch_shape(cfg.optim, accelerator.num_processes)  # fail before the pairs are built
     t_start = time.time()
 
     # 1. Data: pairs -> rule negatives -> token ids of both sides; a reference sample for normalisation.
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    pad_id = tokenizer.pad_token_id
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
     if not accelerator.is_main_process:
         cfg.pairs_out = None  # one writer
     train_set, eval_set, reference, data_stats = prepare_data(cfg, tokenizer)
 
-    # 2. Model (scalar head N(0, 1/√(d+1)), dropout off), optimiser, schedule.
+    # 2. Model: scalar head N(0, 1/√(d+1)), dropout off.
     model = apply_lora(load_reward_backbone(cfg.model, tokenizer, cfg.seed), cfg.model, task_type="SEQ_CLS")
     disable_dropout(model)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    trainable, total = count_parameters(model)
 
-    # 3. Resume: weights, optimiser, schedule, RNG and step from the latest complete checkpoint.
-    resume = resolve_resume(cfg.resume_from, cfg.output_dir)
-    start_step, best_eval, bad_evals = restore_training(accelerator, resume, model, optimizer, scheduler)
-
-    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
-    if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        truncated = data_stats["data/train_truncated"] + data_stats["data/eval_truncated"]
-        dropped = data_stats["data/train_identical_render"] + data_stats["data/eval_identical_render"]
-        print(
-            f"rlagent reward: {trainable:,}/{total:,} trainable parameters, {data_stats['data/train']} train pairs "
-            f"({data_stats['data/rule_pairs']} rule-built) and {data_stats['data/eval']} eval pairs, {truncated} "
-            f"truncated to {cfg.max_length} tokens, {dropped} dropped (identical once rendered), "
-            f"{accelerator.num_processes} process(es), resume={resume}"
-        )
-    progress = Progress(
-        cfg.max_steps, "reward", enabled=cfg.progress and accelerator.is_main_process, start=start_step
+    # 3. The shared supervised loop (optimiser, resume, micro-batches, eval, early stopping, checkpoints, tracking).
+    # The loss is a mean over the global batch of pairs; micro-batches of similar length waste little on padding
+    # (about 2x faster at micro_batch_size 4).
+    micro, coef = cfg.optim.micro_batch_size, cfg.center_rewards_coef
+    task = SupervisedTask(
+        name="reward",
+        describe=describe_data(data_stats, cfg.max_length),
+        train_set=train_set,
+        eval_set=eval_set,
+        loss_sums=lambda model, pairs: pair_loss_sums(model, pairs, pad_id, device, coef),
+        units=len,
+        evaluate=lambda model: evaluate(model, eval_set, pad_id, micro, device, coef),
+        throughput="train/pairs_per_s",
+        progress=lambda m: {
+            "loss": m["train/loss"],
+            "acc": m["train/accuracy"],
+            "eval_acc": m.get("eval/accuracy", float("nan")),
+        },
+        length=lambda pair: max(len(pair.chosen), len(pair.rejected)),
     )
+    run = fit(cfg, accelerator, model, task)
 
-    # 4. Main loop: each global batch of pairs is split into this rank's micro-batches.
-    history, metrics, stopped_early, t0 = [], {}, False, time.time()
-    per_rank = cfg.optim.batch_size // accelerator.num_processes
-    for step in range(start_step, cfg.max_steps):
-        indices = batch_indices(len(train_set), cfg.optim.batch_size, step, cfg.seed)
-        mine = indices[accelerator.process_index * per_rank : (accelerator.process_index + 1) * per_rank]
-        # Micro-batches of similar length waste little on padding (about 2x faster at micro_batch_size 4).
-        mine = sorted(mine, key=lambda i: max(len(train_set[i].chosen), len(train_set[i].rejected)))
-        micro = [
-            [train_set[i] for i in mine[j : j + cfg.optim.micro_batch_size]]
-            for j in range(0, per_rank, cfg.optim.micro_batch_size)
-        ]
-        assert len(micro) == accumulation
-        metrics = train_step(model, optimizer, scheduler, accelerator, micro, cfg.optim.batch_size, pad_id, cfg)
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
-        metrics["train/pairs_per_s"] = cfg.optim.batch_size / max(time.time() - t0, 1e-9)
-        t0 = time.time()
-        history.append(metrics["train/loss"])
-        done = step + 1
-
-        # 5. Held-out accuracy and margin; early stopping on eval loss.
-        if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-            metrics.update(
-                evaluate(
-                    model, eval_set, pad_id, cfg.optim.micro_batch_size, accelerator.device, cfg.center_rewards_coef
-                )
-            )
-            if metrics["eval/loss"] < best_eval - 1e-6:
-                best_eval, bad_evals = metrics["eval/loss"], 0
-            else:
-                bad_evals += 1
-            stopped_early = 0 < cfg.early_stopping_patience <= bad_evals
-
-        # 6. Log.
-        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/loss" in metrics or stopped_early:
-            tracker.log(metrics, step=done)
-        progress.update(
-            done,
-            loss=metrics["train/loss"],
-            acc=metrics["train/accuracy"],
-            eval_acc=metrics.get("eval/accuracy", float("nan")),
-        )
-
-        # 7. Checkpoint (atomic); resume_from=auto continues from here.
-        if (cfg.save_every and done % cfg.save_every == 0) or stopped_early:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": done,
-                "best_eval": best_eval,
-                "bad_evals": bad_evals,
-            }
-            save_checkpoint(accelerator, cfg.output_dir, done, {"model": model}, state, cfg.keep_checkpoints)
-        if stopped_early:
-            break
-    progress.close()
-    if eval_set and "eval/accuracy" not in metrics:  # resumed at the last step: nothing was evaluated this run
-        metrics.update(
-            evaluate(model, eval_set, pad_id, cfg.optim.micro_batch_size, accelerator.device, cfg.center_rewards_coef)
-        )
-
-    # 8. Normalisation on the reference sample, then final/ (LoRA merged, so it is a plain HF reward model).
-    final_model = accelerator.unwrap_model(model)
+    # 4. Normalisation on the reference sample, then final/ (LoRA merged, so it is a plain HF reward model).
+    final_model = accelerator.unwrap_model(run.model)
     if hasattr(final_model, "merge_and_unload"):
         final_model = final_model.merge_and_unload()
     final_model.eval()
-    norm = fit_normalization(
-        raw_scores(final_model, reference, pad_id, 2 * cfg.optim.micro_batch_size, accelerator.device),
-        cfg.normalize.clip,
-    )
-    save_final(
-        accelerator,
-        final_model,
-        tokenizer,
-        os.path.join(cfg.output_dir, "final"),
-        extra_files={NORMALIZATION_FILE: json.dumps(norm, indent=2)},
-    )
+    norm = fit_normalization(raw_scores(final_model, reference, pad_id, 2 * micro, device), cfg.normalize.clip)
+    extra = {NORMALIZATION_FILE: json.dumps(norm, indent=2)}
+    save_final(accelerator, final_model, tokenizer, os.path.join(cfg.output_dir, "final"), extra_files=extra)
     summary = {
         **data_stats,
-        "eval/accuracy": metrics.get("eval/accuracy"),
-        "eval/margin": metrics.get("eval/margin"),
-        "eval/loss": metrics.get("eval/loss"),
-        "final/train_loss": metrics.get("train/loss"),
-        "first/train_loss": history[0] if history else None,
+        **{key: run.metrics.get(key) for key in ("eval/accuracy", "eval/margin", "eval/loss")},
+        **run.summary(),
         "normalization/mean": norm["mean"],
         "normalization/std": norm["std"],
-        "steps": start_step + len(history),
-        "stopped_early": stopped_early,
         "seconds": time.time() - t_start,
-        "parameters/trainable": trainable,
-        "parameters/total": total,
     }
-    tracker.finish(summary)
+    run.tracker.finish(summary)
     return summary
 
 

@@ -10,53 +10,32 @@ the same update whatever the accumulation steps or process count.
 
 from __future__ import annotations
 
-import math
 import os
 import random
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from rlagent.config import ModelConfig, OptimConfig, config_to_dict, doc, parse_args, run_main, save_config
+from rlagent.config import DataSourceConfig, ModelConfig, config_to_dict, doc, parse_args, run_main
 from rlagent.data import (
-    DataError,
     TokenizedConversation,
     TokenizedDataset,
-    check_input_file,
     collate_right_padded,
     iter_conversations,
     tokenized_dataset,
 )
-from rlagent.modeling import apply_lora, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
-from rlagent.tracking import Progress, Tracker
-from rlagent.training import (
-    batch_indices,
-    build_optimizer,
-    check_batch_shape,
-    make_accelerator,
-    resolve_resume,
-    restore_training,
-    save_checkpoint,
-    save_final,
-    set_seed,
-)
+from rlagent.fit import SupervisedConfig, SupervisedTask, fit
+from rlagent.modeling import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
 
 
 @dataclass
-class SFTDataConfig:
+class SFTDataConfig(DataSourceConfig):
     """Where demonstrations come from."""
 
-    source: Literal["file", "expert"] = doc(
-        "'file' reads data.path; 'expert' generates scripted-expert episodes.", "expert"
-    )
     path: str | None = doc("JSONL of {'messages': [...], 'tools': [...]} conversations (source: file).", None)
-    env_ids: list[str] = doc(
-        "Environments the expert plays (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
-    )
     episodes: int = doc("Expert episodes per environment (source: expert).", 400)
     noise: float = doc("Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0)
     only_successful: bool = doc("Keep only expert episodes that succeeded.", False)
@@ -69,38 +48,22 @@ class SFTDataConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(SupervisedConfig):
     """Supervised fine-tuning on conversations with tool calls (assistant-only loss)."""
 
     output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/sft")
-    seed: int = doc("Seed for model init, data order and expert episodes.", 0)
-    max_steps: int = doc("Optimizer steps.", 200)
-    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
-    resume_from: str | None = doc(
-        "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
-    )
     model: ModelConfig = doc("Model to fine-tune.", factory=ModelConfig)
-    optim: OptimConfig = doc("Optimiser and batch shape.", factory=OptimConfig)
     data: SFTDataConfig = doc("Demonstrations.", factory=SFTDataConfig)
     max_length: int = doc("Longest conversation in tokens; longer ones are truncated and counted.", 768)
-    log_every: int = doc("Log train metrics every N steps.", 5)
-    eval_every: int = doc("Compute eval loss every N steps (0 = only at the end).", 50)
-    early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
-    save_every: int = doc("Checkpoint every N steps (0 = never).", 100)
-    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
-    progress: bool = doc("Show a rich progress bar.", True)
-    wandb_project: str = doc("W&B project name.", "rlagent")
 
 
 def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
     """Demonstrations from a JSONL file (streamed line by line) or from the scripted experts of `envs`, and a key
     that changes whenever the input does (for the tokenised-data cache)."""
     if cfg.data.source == "file":
-        if not cfg.data.path:
-            raise DataError("data.path must be set when data.source is 'file'")
-        check_input_file(cfg.data.path, "data.path")
-        stat = os.stat(cfg.data.path)
-        return iter_conversations(cfg.data.path), f"{os.path.abspath(cfg.data.path)}|{stat.st_size}|{stat.st_mtime_ns}"
+        path = cfg.data.checked_path()
+        stat = os.stat(path)
+        return iter_conversations(path), f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     from envs.experts import generate_demonstrations
 
     rows = []
@@ -139,6 +102,10 @@ def prepare_data(cfg: SFTConfig, tokenizer, rank: int = 0) -> tuple[TokenizedDat
     return train_set, eval_set, stats
 
 
+def to_device(rows: list[TokenizedConversation], pad_id: int, device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in collate_right_padded(rows, pad_id).items()}
+
+
 def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over assistant tokens (logits at t score token t+1) and the token count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -152,140 +119,59 @@ def count_targets(rows: list[TokenizedConversation]) -> int:
     return sum(sum(r.assistant_mask[1:]) for r in rows)
 
 
+def micro_batch_loss(model, rows: list[TokenizedConversation], pad_id: int, device) -> tuple[torch.Tensor, dict]:
+    """fit()'s loss_sums: the summed token loss, which is also the one metric summed (train/loss)."""
+    loss, _ = token_loss_sum(model, to_device(rows, pad_id, device))
+    return loss, {"loss": loss}
+
+
 @torch.no_grad()
-def evaluate(model, rows: list, pad_id: int, micro: int, device) -> float:
+def evaluate(model, rows: list, pad_id: int, micro: int, device) -> dict:
+    """Held-out token-mean loss (eval/loss)."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(rows), micro):
-        batch = {k: v.to(device) for k, v in collate_right_padded(rows[i : i + micro], pad_id).items()}
-        loss, n = token_loss_sum(model, batch)
+        loss, n = token_loss_sum(model, to_device(rows[i : i + micro], pad_id, device))
         total, count = total + float(loss), count + n
     model.train()
-    return total / max(count, 1)
-
-
-def train_step(
-    model, optimizer, scheduler, accelerator, micro_batches: list, normaliser: int, pad_id: int, max_grad_norm: float
-) -> dict:
-    """One optimizer step over this rank's micro-batches; loss scaled so DDP's gradient mean gives the global mean."""
-    loss_sum = torch.zeros((), device=accelerator.device)
-    for i, rows in enumerate(micro_batches):
-        batch = {k: v.to(accelerator.device) for k, v in collate_right_padded(rows, pad_id).items()}
-        sync = i == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not sync else torch.enable_grad():
-            loss, _ = token_loss_sum(model, batch)
-            # DDP averages gradients over processes, so multiply back by the process count.
-            accelerator.backward(loss * accelerator.num_processes / normaliser)
-        loss_sum += loss.detach()
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    if torch.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    global_loss = accelerator.reduce(loss_sum, reduction="sum") / normaliser
-    return {
-        "train/loss": float(global_loss),
-        "train/grad_norm": float(grad_norm),
-        "train/skipped_step": int(not torch.isfinite(grad_norm)),
-    }
+    return {"eval/loss": total / max(count, 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(SFTConfig, argv, prog="rlagent sft")
     accelerator = make_accelerator()
     set_seed(cfg.seed, accelerator.process_index)
-    accumulation = check_batch_shape(cfg.optim, accelerator.num_processes)
+    check_batch_shape(cfg.optim, accelerator.num_processes)  # fail before the data is built
 
     # 1. Data: demonstrations -> token ids + assistant-only masks.
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    pad_id = tokenizer.pad_token_id
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
     train_set, eval_set, data_stats = prepare_data(cfg, tokenizer, accelerator.process_index)
 
-    # 2. Model, optimiser, schedule.
+    # 2. Model (dropout off).
     model = apply_lora(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
     disable_dropout(model)
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    trainable, total = count_parameters(model)
 
-    # 3. Resume: weights, optimiser, schedule, RNG and step from the latest complete checkpoint.
-    resume = resolve_resume(cfg.resume_from, cfg.output_dir)
-    start_step, best_eval, bad_evals = restore_training(accelerator, resume, model, optimizer, scheduler)
+    # 3. The shared supervised loop (optimiser, resume, micro-batches, eval, early stopping, checkpoints, tracking).
+    # The loss is a token mean over the global batch: summed token losses over its assistant-token count.
+    task = SupervisedTask(
+        name="sft",
+        describe=f"{data_stats['data/train']} train and {data_stats['data/eval']} eval conversations, "
+        f"{data_stats['data/truncated']} truncated to {cfg.max_length} tokens",
+        train_set=train_set,
+        eval_set=eval_set,
+        loss_sums=lambda model, rows: micro_batch_loss(model, rows, pad_id, device),
+        units=count_targets,
+        evaluate=lambda model: evaluate(model, eval_set, pad_id, cfg.optim.micro_batch_size, device),
+        throughput="train/tokens_per_s",
+        progress=lambda m: {"loss": m["train/loss"], "lr": m["train/lr"], "tok_s": round(m["train/tokens_per_s"])},
+    )
+    run = fit(cfg, accelerator, model, task)
 
-    tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
-    if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        print(
-            f"rlagent sft: {trainable:,}/{total:,} trainable parameters, {data_stats['data/train']} train and "
-            f"{data_stats['data/eval']} eval conversations, {data_stats['data/truncated']} truncated to "
-            f"{cfg.max_length} tokens, {accelerator.num_processes} process(es), resume={resume}"
-        )
-    progress = Progress(cfg.max_steps, "sft", enabled=cfg.progress and accelerator.is_main_process, start=start_step)
-
-    # 4. Main loop: each global batch is split into this rank's micro-batches.
-    history, metrics, stopped_early, t0 = [], {}, False, time.time()
-    per_rank = cfg.optim.batch_size // accelerator.num_processes
-    for step in range(start_step, cfg.max_steps):
-        indices = batch_indices(len(train_set), cfg.optim.batch_size, step, cfg.seed)
-        normaliser = count_targets([train_set[i] for i in indices])
-        mine = indices[accelerator.process_index * per_rank : (accelerator.process_index + 1) * per_rank]
-        micro = [
-            [train_set[i] for i in mine[j : j + cfg.optim.micro_batch_size]]
-            for j in range(0, per_rank, cfg.optim.micro_batch_size)
-        ]
-        assert len(micro) == accumulation
-        metrics = train_step(
-            model, optimizer, scheduler, accelerator, micro, normaliser, pad_id, cfg.optim.max_grad_norm
-        )
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
-        metrics["train/tokens_per_s"] = normaliser / max(time.time() - t0, 1e-9)
-        t0 = time.time()
-        history.append(metrics["train/loss"])
-        done = step + 1
-
-        # 5. Eval loss and early stopping.
-        if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-            metrics["eval/loss"] = evaluate(model, eval_set, pad_id, cfg.optim.micro_batch_size, accelerator.device)
-            if metrics["eval/loss"] < best_eval - 1e-6:
-                best_eval, bad_evals = metrics["eval/loss"], 0
-            else:
-                bad_evals += 1
-            stopped_early = 0 < cfg.early_stopping_patience <= bad_evals
-
-        # 6. Log.
-        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/loss" in metrics or stopped_early:
-            tracker.log(metrics, step=done)
-        progress.update(
-            done, loss=metrics["train/loss"], lr=metrics["train/lr"], tok_s=round(metrics["train/tokens_per_s"])
-        )
-
-        # 7. Checkpoint (atomic); resume_from=auto continues from here.
-        if (cfg.save_every and done % cfg.save_every == 0) or stopped_early:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": done,
-                "best_eval": best_eval,
-                "bad_evals": bad_evals,
-            }
-            save_checkpoint(accelerator, cfg.output_dir, done, {"model": model}, state, cfg.keep_checkpoints)
-        if stopped_early:
-            break
-    progress.close()
-
-    # 8. Final model in Hugging Face format, and the summary.
-    save_final(accelerator, model, tokenizer, os.path.join(cfg.output_dir, "final"))
-    summary = {
-        **data_stats,
-        "final/train_loss": metrics.get("train/loss"),
-        "first/train_loss": history[0] if history else None,
-        "final/eval_loss": metrics.get("eval/loss", best_eval if best_eval < math.inf else None),
-        "steps": start_step + len(history),
-        "stopped_early": stopped_early,
-        "parameters/trainable": trainable,
-        "parameters/total": total,
-    }
-    tracker.finish(summary)
+    # 4. Final model in Hugging Face format, and the summary.
+    save_final(accelerator, run.model, tokenizer, os.path.join(cfg.output_dir, "final"))
+    summary = {**data_stats, **run.summary(), "final/eval_loss": run.metrics.get("eval/loss")}
+    run.tracker.finish(summary)
     return summary
 
 

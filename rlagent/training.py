@@ -192,17 +192,6 @@ def load_checkpoint(path: str, models: dict, rank: int) -> dict:
     return state
 
 
-def restore_training(accelerator, resume: str | None, model, optimizer, scheduler) -> tuple[int, float, int]:
-    """Load a checkpoint into an SFT/reward run: (step, best eval loss, evals without improvement), or the values of
-    a fresh start when `resume` is None. Weights, optimiser, schedule and RNG come back; the caller skips ahead."""
-    if not resume:
-        return 0, math.inf, 0
-    state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state["step"], state["best_eval"], state["bad_evals"]
-
-
 def save_final(accelerator, model, tokenizer, folder: str, extra_files: dict | None = None) -> None:
     """Write OUTPUT_DIR/final in Hugging Face format with its tokenizer, atomically (temp folder + rename)."""
     accelerator.wait_for_everyone()

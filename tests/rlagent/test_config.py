@@ -110,3 +110,21 @@ def test_partial_nested_override_keeps_stage_defaults():
 
     cfg = load_config(PPOConfig, None, ["optim.lr=1e-5"])
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_ratio) == (1e-5, "constant", 0.0)
+
+
+def test_every_stage_config_has_the_common_keys_with_its_own_defaults():
+    """The keys every stage has come from StageConfig; a stage's own defaults (output folder, length) survive."""
+    from rlagent.config import StageConfig
+    from rlagent.train_ppo import PPOConfig
+    from rlagent.train_reward import RewardConfig
+
+    common = ["report_to=[jsonl,tensorboard]", "resume_from=auto", "model.name_or_path=tiny", "keep_checkpoints=3"]
+    for cls, output_dir, max_steps, save_every in [
+        (SFTConfig, "runs/sft", 200, 100),
+        (RewardConfig, "runs/reward", 200, 100),
+        (PPOConfig, "runs/ppo", 30, 10),
+    ]:
+        cfg = load_config(cls, None, common)
+        assert isinstance(cfg, StageConfig)
+        assert (cfg.output_dir, cfg.max_steps, cfg.save_every) == (output_dir, max_steps, save_every)
+        assert (cfg.report_to, cfg.resume_from, cfg.keep_checkpoints) == (["jsonl", "tensorboard"], "auto", 3)
