@@ -46,6 +46,7 @@ LAYERS = {
         "rlagent.ppo_schedule",
         "rlagent.tracking",
         "rlagent.training",
+        "rlagent.fit",
     },
     # Entry points: one script per stage, eval, the rollout CLI, the quickstart and the `rlagent` command.
     "stages": {
