@@ -86,12 +86,13 @@ class FitResult:
     stopped_early: bool
     parameters: tuple[int, int]  # trainable, total
     history: list[float] = field(default_factory=list)  # train loss of each step this run
+    first_train_loss: float | None = None  # of step 1, carried through checkpoints so a resumed run reports it too
 
     def summary(self) -> dict:
         """The summary keys every supervised stage writes."""
         return {
             "final/train_loss": self.metrics.get("train/loss"),
-            "first/train_loss": self.history[0] if self.history else None,
+            "first/train_loss": self.first_train_loss,
             "steps": self.steps,
             "stopped_early": self.stopped_early,
             "parameters/trainable": self.parameters[0],
@@ -106,7 +107,9 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
     parameters = count_parameters(model)
     # Resume: weights, optimiser, schedule, RNG, step and early-stopping state from the latest complete checkpoint.
     resume = resolve_resume(cfg.resume_from, cfg.output_dir)
-    start_step, stopping = restore_state(accelerator, resume, model, optimizer, scheduler, cfg.early_stopping_patience)
+    start_step, stopping, record = restore_state(
+        accelerator, resume, model, optimizer, scheduler, cfg.early_stopping_patience
+    )
     tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
     if accelerator.is_main_process:
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
@@ -117,7 +120,10 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
     progress = Progress(
         cfg.max_steps, task.name, enabled=cfg.progress and accelerator.is_main_process, start=start_step
     )
-    history, metrics, t0 = [], {}, time.time()
+    # A resumed run starts from the checkpoint's last metrics and first loss, so a kill after the last checkpoint
+    # but before summary.json still ends with the summary an uninterrupted run writes.
+    history, metrics, t0 = [], record.get("metrics", {}), time.time()
+    first_loss = record.get("first_train_loss")
     for step in range(start_step, cfg.max_steps):
         done = step + 1
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
@@ -127,6 +133,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         metrics[task.throughput] = units / max(time.time() - t0, 1e-9)
         t0 = time.time()
         history.append(metrics["train/loss"])
+        first_loss = metrics["train/loss"] if first_loss is None else first_loss
 
         # 4. Held-out eval (every eval_every steps and at the last); early stopping on eval loss.
         if task.eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
@@ -140,14 +147,15 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
 
         # 6. Checkpoint (atomic); resume_from=auto continues from here.
         if (cfg.save_every and done % cfg.save_every == 0) or stopping.stop:
-            save_state(accelerator, cfg, done, model, optimizer, scheduler, stopping)
+            record = {"metrics": metrics, "first_train_loss": first_loss}
+            save_state(accelerator, cfg, done, model, optimizer, scheduler, stopping, record)
         if stopping.stop:
             break
     progress.close()
     if task.eval_set and "eval/loss" not in metrics:  # resumed at the last step: nothing was evaluated this run
         metrics.update(task.evaluate(model))
     steps = start_step + len(history)
-    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history)
+    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history, first_loss)
 
 
 def split_batch(cfg: SupervisedConfig, accelerator, task: SupervisedTask, step: int) -> tuple[list[list], int]:
@@ -190,26 +198,31 @@ def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: li
 # Checkpoint state of a supervised run: what save_state writes, restore_state reads back (training.py does the files).
 
 
-def save_state(accelerator, cfg: SupervisedConfig, step: int, model, optimizer, scheduler, stopping) -> None:
-    """Weights, optimiser, schedule, step and early-stopping state as OUTPUT_DIR/checkpoints/step-N (atomic)."""
+def save_state(
+    accelerator, cfg: SupervisedConfig, step: int, model, optimizer, scheduler, stopping, record: dict
+) -> None:
+    """Weights, optimiser, schedule, step, early-stopping state and the run `record` (last metrics, first loss) as
+    OUTPUT_DIR/checkpoints/step-N (atomic)."""
     state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best_eval": stopping.best,
         "bad_evals": stopping.bad_evals,
+        "record": record,
     }
     save_checkpoint(accelerator, cfg.output_dir, step, {"model": model}, state, cfg.keep_checkpoints)
 
 
 def restore_state(
     accelerator, resume: str | None, model, optimizer, scheduler, patience: int
-) -> tuple[int, EarlyStopping]:
-    """(step, early-stopping state) from checkpoint `resume` — weights, optimiser, schedule and this process's RNG
-    come back too — or those of a fresh start when `resume` is None."""
+) -> tuple[int, EarlyStopping, dict]:
+    """(step, early-stopping state, run record) from checkpoint `resume` — weights, optimiser, schedule and this
+    process's RNG come back too — or those of a fresh start when `resume` is None."""
     if not resume:
-        return 0, EarlyStopping(patience)
+        return 0, EarlyStopping(patience), {}
     state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return state["step"], EarlyStopping(patience, state["best_eval"], state["bad_evals"])
+    # Checkpoints written before the record existed resume with an empty one (first loss unknown).
+    return state["step"], EarlyStopping(patience, state["best_eval"], state["bad_evals"]), state.get("record", {})

@@ -306,6 +306,7 @@ class PPOTrainer:
         self.curriculum = Curriculum(cfg.curriculum, cfg.env.ids)
         self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
         self.start, self.skipped_in_a_row = 0, 0
+        self.last_metrics: dict = {}  # the latest iteration's metrics; checkpointed so a resume at the end summarises
         self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
         if self.resume:
             self._load_checkpoint(self.resume)
@@ -348,6 +349,7 @@ class PPOTrainer:
         self.shuffle.set_state(shuffle[self.rank] if self.rank < len(shuffle) else shuffle[0])
         self.start = state["step"]
         self.skipped_in_a_row = state.get("skipped_in_a_row", 0)  # absent in checkpoints older than the field
+        self.last_metrics = state.get("metrics", {})
 
     def train(self) -> dict:
         """Run the remaining iterations, save final/, write summary.json; returns the summary."""
@@ -364,7 +366,7 @@ class PPOTrainer:
         )
         for callback in self.callbacks:
             callback.on_train_begin(self)
-        metrics: dict = {}
+        metrics = self.last_metrics
         for iteration in range(self.start, cfg.max_steps):
             metrics = self.iteration(iteration)
             kl, score = metrics.get("objective/kl", float("nan")), metrics["objective/scores"]
@@ -389,7 +391,7 @@ class PPOTrainer:
             self.controllers(it)  # 7
         else:
             self.curriculum.update(self.env_names, it.traj.success.tolist())  # the episodes were still played
-        metrics = self.log(it)  # 8
+        metrics = self.last_metrics = self.log(it)  # 8
         self.save(it.step)  # 9
         return metrics
 
@@ -555,6 +557,7 @@ class PPOTrainer:
             "step": done,
             "shuffle": gather_generator_states(self.accelerator, self.shuffle),
             "skipped_in_a_row": self.skipped_in_a_row,
+            "metrics": self.last_metrics,
         }
         save_checkpoint(self.accelerator, cfg.output_dir, done, self._models(), state, cfg.keep_checkpoints)
 

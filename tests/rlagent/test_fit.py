@@ -97,5 +97,5 @@ def test_patience_zero_never_stops():
 
 
 def test_restore_state_without_a_checkpoint_is_a_fresh_start():
-    step, stopping = restore_state(None, None, None, None, None, patience=3)
-    assert step == 0 and stopping == EarlyStopping(patience=3)
+    step, stopping, record = restore_state(None, None, None, None, None, patience=3)
+    assert step == 0 and stopping == EarlyStopping(patience=3) and record == {}

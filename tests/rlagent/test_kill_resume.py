@@ -96,7 +96,4 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
         assert r["metrics_duplicate_rows"] == r["metrics_torn_rows"] == 0 and r["samples_equal"], r
     mismatched = {r["stage"]: r["summary_mismatch"] for r in results if r["summary_mismatched_keys"]}
     shutil.rmtree(tmp_path, ignore_errors=True)
-    if mismatched:
-        # Known: the stage scripts build summary.json from the LAST process's history only (first/train_loss,
-        # and everything when resumed at the final step). Not a pass: reported as an expected failure.
-        pytest.xfail(f"summary.json differs after resume (stage-script bug): {mismatched}")
+    assert not mismatched, f"summary.json differs after resume: {mismatched}"
