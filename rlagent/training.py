@@ -32,7 +32,7 @@ def make_accelerator(**kwargs):
 
 
 def set_seed(seed: int, rank: int = 0) -> None:
-    """PPO_CHECKLIST A.5: per-rank sampling seeds differ (seed + rank); weight init uses its own seeded generator."""
+    """docs/ppo.md A.5: per-rank sampling seeds differ (seed + rank); weight init uses its own seeded generator."""
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
