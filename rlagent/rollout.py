@@ -248,13 +248,13 @@ def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], genera
     )  # fmt: skip
 
 
-def make_envs(env_id: str, n: int, split: str = "train", **env_kwargs) -> list:
-    """n independent environments (gymnasium.make), registering rlagent's environments first."""
-    import gymnasium as gym
+def make_envs(env_id: str, n: int, split: str = "train", wrappers: str | None = None, wrapper_seed: int = 0,
+              **env_kwargs) -> list:  # fmt: skip
+    """n independent environments from a spec (a registered id or `module:attr`, see envs.registry), checked against
+    envs.protocol and wrapped by `wrappers` (e.g. "prompt_injection:0.3"; envs.wrappers.wrap_env)."""
+    import envs  # registers rlagent/* ids
 
-    import envs  # noqa: F401  (registers rlagent/* ids)
-
-    return [gym.make(env_id, split=split, **env_kwargs) for _ in range(n)]
+    return envs.build_envs(env_id, n, split, wrappers=wrappers, wrapper_seed=wrapper_seed, **env_kwargs)
 
 
 def play(
@@ -266,9 +266,11 @@ def play(
     split: str,
     batch_size: int = 64,
     max_total_tokens: int = 1024,
+    wrappers: str | None = None,
 ) -> list[Trajectory]:
-    """Episodes seed, seed+1, ... in engine batches of `batch_size` (the environments are reused across batches)."""
-    envs = make_envs(env_id, min(batch_size, episodes), split=split)
+    """Episodes seed, seed+1, ... in engine batches of `batch_size` (the environments are reused across batches),
+    optionally under robustness `wrappers` (seeded with `seed`, so the same episodes get the same hits)."""
+    envs = make_envs(env_id, min(batch_size, episodes), split=split, wrappers=wrappers, wrapper_seed=seed)
     batches = []
     for start in range(0, episodes, batch_size):
         seeds = [seed + i for i in range(start, min(start + batch_size, episodes))]
