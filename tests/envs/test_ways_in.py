@@ -62,8 +62,8 @@ def test_one_ppo_iteration_on_all_four_ways_in(tmp_path):
     0 (NaN), 1 and 3 (raises), even at weight 0, so those three are dropped and counted and seed 2 is trained on."""
     run_cli("rlagent", "ppo", f"output_dir={tmp_path}", "model.name_or_path=tiny", *SMALL_MODEL, "progress=false",
             f"env.ids=[{','.join(SPECS)}]", "env.episodes=4", "env.wrappers=prompt_injection:0.5",
-            f"reward.functions=[{PLUGIN}:turns_bonus,{PLUGIN}:broken_on_odd_seeds]", "reward.function_weights=[1.0,0.0]",
-            "reward.max_skipped_iterations=2", "optim.batch_size=4", "optim.micro_batch_size=4", "max_steps=1",
+            f"reward.functions=[{PLUGIN}:turns_bonus,{PLUGIN}:broken_on_odd_seeds]",
+            "reward.function_weights=[1.0,0.0]", "optim.batch_size=4", "optim.micro_batch_size=4", "max_steps=1",
             "save_every=0", "rollout.max_new_tokens=16", "rollout.max_total_tokens=512")  # fmt: skip
     (row,) = read_metrics(tmp_path)
     assert row["step"] == 1 and row["reward/function_errors"] == 3 and row["objective/nonfinite_scores"] == 3
