@@ -20,7 +20,7 @@ import math
 import random
 import re
 
-from rlagent.data import DataError, check_messages, check_tools, iter_records, parse_tools_field
+from rlagent.data import DataError, check_messages, check_tools, iter_records
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 NAME = re.compile(r"\b[A-Z][a-z]+\b")
@@ -31,7 +31,6 @@ def read_pairs(path: str) -> list[dict]:
     any problem raises DataError naming the file, line (or row) and field."""
     pairs = []
     for where, obj in iter_records(path):
-        parse_tools_field(obj, where)
         pairs.append(check_pair(obj, where))
     if not pairs:
         raise DataError(f"{path}: no preference pairs found (the file is empty or blank)")

@@ -12,7 +12,8 @@ Where data can come from (`iter_records`; SFT conversations and preference pairs
   Arrow (`datasets.load_from_disk`), read row by row.
 Arrow stores a list of dicts with one schema, filling keys a dict lacks with null; those nulls are dropped again
 (`drop_nulls`), so a message or tool schema comes back as it was written (a key written as an explicit null is lost).
-A `tools` column holding a JSON string (as some Hub datasets store it) is parsed.
+A `tools` column holding a JSON string (as some Hub datasets store it) is parsed (in Parquet/Arrow/folders only: in
+JSONL, `tools` must be a list).
 """
 
 from __future__ import annotations
@@ -183,7 +184,9 @@ def iter_records(path: str) -> Iterator[tuple[str, dict]]:
             yield f"{path}:{lineno}", obj
         return
     for i, row in enumerate(_dataset_rows(path, suffix)):
-        yield f"{path}[{i}]", drop_nulls(row)
+        where, row = f"{path}[{i}]", drop_nulls(row)
+        parse_tools_field(row, where)
+        yield where, row
 
 
 def _starts_with_array(path: str) -> bool:
@@ -233,7 +236,8 @@ def drop_nulls(value):
 
 
 def parse_tools_field(obj: dict, where: str) -> None:
-    """A `tools` value stored as a JSON string (some Hub datasets do) is parsed in place."""
+    """A `tools` value stored as a JSON string (some Hub datasets do, Arrow having no type for schemas) is parsed
+    in place."""
     if isinstance(obj.get("tools"), str):
         try:
             obj["tools"] = json.loads(obj["tools"])
@@ -248,7 +252,6 @@ def iter_conversations(path: str) -> Iterator[dict]:
     TRL's conversational formats: `messages` (+ `tools`), or `prompt` + `completion` message lists (joined)."""
     found = False
     for where, obj in iter_records(path):
-        parse_tools_field(obj, where)
         if "messages" not in obj and isinstance(obj.get("prompt"), list) and isinstance(obj.get("completion"), list):
             obj = {**obj, "messages": obj["prompt"] + obj["completion"]}
         if "messages" not in obj:
