@@ -57,16 +57,19 @@ def test_eval_rejects_a_bad_wrapper_before_loading_anything(capsys):
 
 
 def test_one_ppo_iteration_on_all_four_ways_in(tmp_path):
-    """One subprocess: 4 episodes, one per way in, prompt injection on, two reward functions logged as
-    reward/<name>. Iteration 1 plays seeds 0-3 (rlagent.ppo_schedule.episode_seeds); broken_on_odd_seeds fails on
-    0 (NaN), 1 and 3 (raises), even at weight 0, so those three are dropped and counted and seed 2 is trained on."""
+    """One subprocess: 5 episodes, one per way in plus examples/trl_counter.py (the class that
+    tests/envs/test_trl_adapter.py trains with TRL's GRPOTrainer), prompt injection on, two reward functions
+    logged as reward/<name>. Iteration 1 plays seeds 0-4 (rlagent.ppo_schedule.episode_seeds);
+    broken_on_odd_seeds fails on 0 and 4 (NaN), 1 and 3 (raises), even at weight 0, so those four are dropped
+    and counted and seed 2 is trained on."""
     run_cli("rlagent", "ppo", f"output_dir={tmp_path}", "model.name_or_path=tiny", *SMALL_MODEL, "progress=false",
-            f"env.ids=[{','.join(SPECS)}]", "env.episodes=4", "env.wrappers=prompt_injection:0.5",
+            f"env.ids=[{','.join(SPECS)},examples.trl_counter:make_env]", "env.episodes=5",
+            "env.wrappers=prompt_injection:0.5",
             f"reward.functions=[{PLUGIN}:turns_bonus,{PLUGIN}:broken_on_odd_seeds]",
-            "reward.function_weights=[1.0,0.0]", "optim.batch_size=4", "optim.micro_batch_size=4", "max_steps=1",
+            "reward.function_weights=[1.0,0.0]", "optim.batch_size=5", "optim.micro_batch_size=5", "max_steps=1",
             "save_every=0", "rollout.max_new_tokens=16", "rollout.max_total_tokens=512")  # fmt: skip
     (row,) = read_metrics(tmp_path)
-    assert row["step"] == 1 and row["reward/function_errors"] == 3 and row["objective/nonfinite_scores"] == 3
+    assert row["step"] == 1 and row["reward/function_errors"] == 4 and row["objective/nonfinite_scores"] == 4
     assert row["train/skipped_iteration"] == 0.0 and row["reward/broken_on_odd_seeds"] == 1.0
     assert row["reward/turns_bonus"] >= 0.25 and row["env/turns"] * 0.25 == pytest.approx(row["reward/turns_bonus"])
     assert_metrics_documented(tmp_path)
