@@ -251,10 +251,21 @@ def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], genera
 def make_envs(env_id: str, n: int, split: str = "train", wrappers: str | None = None, wrapper_seed: int = 0,
               **env_kwargs) -> list:  # fmt: skip
     """n independent environments from a spec (a registered id or `module:attr`, see envs.registry), checked against
-    envs.protocol and wrapped by `wrappers` (e.g. "prompt_injection:0.3"; envs.wrappers.wrap_env)."""
-    import envs  # registers rlagent/* ids
+    envs.protocol and wrapped by `wrappers` (e.g. "prompt_injection:0.3"; envs.wrappers.wrap_env).
 
-    return envs.build_envs(env_id, n, split, wrappers=wrappers, wrapper_seed=wrapper_seed, **env_kwargs)
+    A spec that cannot be built, an env that breaks the protocol or a bad wrapper spec is a ConfigError (the CLIs
+    print it as one line)."""
+    import envs  # registers rlagent/* ids
+    from rlagent.config import ConfigError
+
+    try:
+        return envs.build_envs(env_id, n, split, wrappers=wrappers, wrapper_seed=wrapper_seed, **env_kwargs)
+    except (envs.EnvSpecError, envs.EnvProtocolError) as err:
+        raise ConfigError(str(err).removeprefix("rlagent: ")) from None
+    except ValueError as err:
+        if "--wrapper" not in str(err):  # only wrap_env's own errors are input errors; anything else is a bug
+            raise
+        raise ConfigError(str(err)) from None
 
 
 def play(

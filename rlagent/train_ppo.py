@@ -239,11 +239,11 @@ def function_scores(reward_functions: list, traj: Trajectory, stats: dict) -> di
 
 
 def build_training_envs(env: EnvConfig, per_env: int, wrapper_seed: int) -> list:
-    """per_env environments of each id; a bad spec, a protocol gap or a bad wrapper spec is a ConfigError.
+    """per_env environments of each id; a bad spec, a protocol gap or a bad wrapper spec is a ConfigError naming
+    the key.
 
     Wrapper hits are drawn per (wrapper_seed, reset seed): processes differ, a resumed run repeats its draws.
     """
-    from envs import EnvProtocolError, EnvSpecError
     from envs.wrappers import parse_wrappers
 
     try:
@@ -252,7 +252,7 @@ def build_training_envs(env: EnvConfig, per_env: int, wrapper_seed: int) -> list
         raise ConfigError(f"env.wrappers: {err}") from None
     try:
         return [e for env_id in env.ids for e in make_envs(env_id, per_env, env.split, env.wrappers, wrapper_seed)]
-    except (EnvSpecError, EnvProtocolError) as err:
+    except ConfigError as err:
         raise ConfigError(f"env.ids: {err}") from None
 
 

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from rlagent import evaluate, rollout_cli
+from rlagent.config import ConfigError
 from tests.conftest import SMALL_MODEL, assert_metrics_documented, read_metrics, run_cli
 
 PLUGIN = "tests.envs.byo_plugin"
@@ -73,3 +74,11 @@ def test_one_ppo_iteration_on_all_four_ways_in(tmp_path):
     assert row["train/skipped_iteration"] == 0.0 and row["reward/broken_on_odd_seeds"] == 1.0
     assert row["reward/turns_bonus"] >= 0.25 and row["env/turns"] * 0.25 == pytest.approx(row["reward/turns_bonus"])
     assert_metrics_documented(tmp_path)
+
+
+def test_a_bad_spec_is_a_config_error_naming_it():
+    """The CLIs print a ConfigError as one line (rlagent.config.run_main) instead of a traceback."""
+    with pytest.raises(ConfigError, match=r"^environment 'no_such_pkg_xyz:Env': no module named 'no_such_pkg_xyz'"):
+        rollout_cli.main(["--env", "no_such_pkg_xyz:Env", "--policy", "random", "--episodes", "1"])
+    with pytest.raises(ConfigError, match=r"environment 'tests.envs.byo_plugin:nothing'.* has no attribute 'nothing'"):
+        evaluate.main(["--policy", "random", "--env", f"{PLUGIN}:nothing", "--episodes", "1"])
