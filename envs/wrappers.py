@@ -108,6 +108,14 @@ def wrap_env(env: gym.Env, spec: str | None, seed: int = 0) -> gym.Env:
 
     An empty spec (or None) returns `env` unchanged; anything else malformed is a ValueError naming the part.
     """
+    for wrapper, kwargs in parse_wrappers(spec):
+        env = wrapper(env, seed=seed, **kwargs)
+    return env
+
+
+def parse_wrappers(spec: str | None) -> list[tuple[type, dict]]:
+    """The (wrapper class, keyword arguments) pairs a wrap_env spec names, in order; ValueError naming a bad part."""
+    parsed = []
     for part in filter(None, (piece.strip() for piece in (spec or "").split(","))):
         name, *fields = part.split(":")
         if name not in WRAPPERS or len(fields) > (2 if name == "tool_faults" else 1):
@@ -118,8 +126,13 @@ def wrap_env(env: gym.Env, spec: str | None, seed: int = 0) -> gym.Env:
             rate = float(fields[0])
         except ValueError:
             raise ValueError(f"--wrapper: rate {fields[0]!r} in {part!r} is not a number") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--wrapper: in {part!r} the rate must be in [0, 1], got {rate!r}")
         if name == "prompt_injection":
-            env = PromptInjection(env, rate, seed=seed)
+            parsed.append((PromptInjection, {"rate": rate}))
         else:
-            env = ToolFaults(env, rate, kind=fields[1] if len(fields) > 1 else "error", seed=seed)
-    return env
+            kind = fields[1] if len(fields) > 1 else "error"
+            if kind not in FAULT_KINDS:
+                raise ValueError(f"--wrapper: fault kind {kind!r} in {part!r} must be one of {FAULT_KINDS}")
+            parsed.append((ToolFaults, {"rate": rate, "kind": kind}))
+    return parsed

@@ -1,4 +1,20 @@
-"""Conversation data: JSONL reading with line-numbered errors, and tokenisation with an assistant-only loss mask."""
+"""Conversation data: reading with located errors, and tokenisation with an assistant-only loss mask.
+
+Where data can come from (`iter_records`; SFT conversations and preference pairs alike):
+- a JSONL file (any name but the ones below; also a `.json` file in JSON Lines): read line by line here, errors say
+  `file:line`;
+- a `.parquet` or `.arrow` file: streamed through `datasets` (`load_dataset(..., streaming=True)`), record by
+  record, never loaded whole; errors say `file[row]`;
+- a `.json` file holding one JSON array of records: parsed whole with `json` (an array cannot be streamed, and
+  `datasets`' JSON reader turns nested objects of differing shapes into strings); use JSONL or Parquet for large
+  data;
+- a folder written by `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`: its "train" split): memory-mapped
+  Arrow (`datasets.load_from_disk`), read row by row.
+Arrow stores a list of dicts with one schema, filling keys a dict lacks with null; those nulls are dropped again
+(`drop_nulls`), so a message or tool schema comes back as it was written (a key written as an explicit null is lost).
+A `tools` column holding a JSON string (as some Hub datasets store it) is parsed (in Parquet/Arrow/folders only: in
+JSONL, `tools` must be a list).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +39,18 @@ class DataError(ValueError):
 MAX_LINE_BYTES = 64 * 2**20
 
 
+DATASETS_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by `datasets` `save_to_disk` (a Dataset or a DatasetDict)."""
+    return os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json"))
+
+
 def check_input_file(path: str, key: str = "data.path") -> None:
-    """A data path must be a readable regular file; the error says what it is instead (missing, a folder)."""
+    """A data path must be a readable regular file or a `save_to_disk` folder; the error says what it is instead."""
+    if os.path.isdir(path) and is_saved_dataset(path):
+        return
     if os.path.isdir(path):
         raise DataError(f"{key}: {path} is a directory, not a JSONL file")
     if not os.path.exists(path):
@@ -146,12 +172,88 @@ def check_tools(tools, where: str) -> list[dict] | None:
     return tools
 
 
+def iter_records(path: str) -> Iterator[tuple[str, dict]]:
+    """(where, record) for each record of a JSONL file, a Parquet/JSON/Arrow file or a save_to_disk folder (see the
+    module doc); `where` is `file:line` for JSONL, `path[row]` (0-based) otherwise."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".json" and not os.path.isdir(path) and _starts_with_array(path):
+        yield from _json_array_rows(path)
+        return
+    if not os.path.isdir(path) and suffix not in DATASETS_SUFFIXES:
+        for lineno, obj in iter_jsonl(path):
+            yield f"{path}:{lineno}", obj
+        return
+    for i, row in enumerate(_dataset_rows(path, suffix)):
+        where, row = f"{path}[{i}]", drop_nulls(row)
+        parse_tools_field(row, where)
+        yield where, row
+
+
+def _starts_with_array(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4096).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+
+
+def _json_array_rows(path: str) -> Iterator[tuple[str, dict]]:
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            rows = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise DataError(f"{path}: not a readable JSON array ({str(err)[:120]})") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}[{i}]: expected a JSON object, got {_json_type(row)}")
+        yield f"{path}[{i}]", row
+
+
+def _dataset_rows(path: str, suffix: str) -> Iterable[dict]:
+    """Rows of a datasets folder (memory-mapped) or file (streamed); unreadable input is a DataError."""
+    import datasets
+
+    try:
+        if os.path.isdir(path):
+            data = datasets.load_from_disk(path)
+            if isinstance(data, datasets.DatasetDict):
+                if "train" not in data:
+                    raise DataError(f"{path}: a DatasetDict without a 'train' split (it has {sorted(data)})")
+                data = data["train"]
+            return data
+        builder = DATASETS_SUFFIXES[suffix]
+        return datasets.load_dataset(builder, data_files=path, split="train", streaming=True)
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types (FileNotFoundError, ArrowInvalid, DatasetGenerationError)
+        raise DataError(f"{path}: cannot read it with `datasets`: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def drop_nulls(value):
+    """`value` without the null entries of its dicts, recursively (undoes Arrow's schema unification)."""
+    if isinstance(value, dict):
+        return {key: drop_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [drop_nulls(item) for item in value]
+    return value
+
+
+def parse_tools_field(obj: dict, where: str) -> None:
+    """A `tools` value stored as a JSON string (some Hub datasets do, Arrow having no type for schemas) is parsed
+    in place."""
+    if isinstance(obj.get("tools"), str):
+        try:
+            obj["tools"] = json.loads(obj["tools"])
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: 'tools' is a string but not JSON ({err.msg} at column {err.pos + 1})") from None
+
+
 def iter_conversations(path: str) -> Iterator[dict]:
-    """Stream SFT conversations `{"messages": [...], "tools": [...], "where": "file:line"}` from JSONL, validating
-    every line (the same checks as preference pairs)."""
+    """Stream SFT conversations `{"messages": [...], "tools": [...], "where": "file:line"}` from any source of
+    `iter_records`, validating every record (the same checks as preference pairs).
+
+    TRL's conversational formats: `messages` (+ `tools`), or `prompt` + `completion` message lists (joined)."""
     found = False
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
+    for where, obj in iter_records(path):
+        if "messages" not in obj and isinstance(obj.get("prompt"), list) and isinstance(obj.get("completion"), list):
+            obj = {**obj, "messages": obj["prompt"] + obj["completion"]}
         if "messages" not in obj:
             raise DataError(f"{where}: missing field 'messages'")
         check_messages(obj["messages"], where)
@@ -165,7 +267,7 @@ def iter_conversations(path: str) -> Iterator[dict]:
 
 
 def read_conversations(path: str) -> list[dict]:
-    """All SFT conversations of a JSONL file (small files; large ones go through `tokenized_dataset`)."""
+    """All SFT conversations of a file or folder (small files; large ones go through `tokenized_dataset`)."""
     return list(iter_conversations(path))
 
 

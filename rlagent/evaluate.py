@@ -4,6 +4,11 @@
     rlagent eval --compare runs/quickstart/sft/final runs/quickstart/ppo/final --env rlagent/Calculator-v0 \\
         --env rlagent/KBSearch-v0 --episodes 200
     rlagent eval --policy scripted --env rlagent/KBSearch-v0 --episodes 100     # the scripted expert, for reference
+    rlagent eval --policy scripted --env examples.unit_conversion:make_env --wrapper tool_faults:0.2:timeout
+
+--env takes a registered id or `module:attr` (envs.registry). --wrapper SPEC (envs.wrappers.wrap_env, e.g.
+"prompt_injection:0.3") evaluates every policy on every env twice, without and with the wrappers, on the same
+episodes; each result then has "wrapper" (null or the spec), and the table shows "ENV + SPEC" rows.
 
 Episode i is reset with seed S+i on the test split, so every policy sees the same tasks. Decoding is greedy unless
 --sample is given (then plain temperature sampling, seeded with S). Episodes run in engine batches (--batch-size).
@@ -81,6 +86,7 @@ def evaluate_policy(
     temperature: float = 1.0,
     max_new_tokens: int = 96,
     max_total_tokens: int = 1024,
+    wrappers: str | None = None,
 ) -> dict:
     """Success statistics of `model` on `episodes` test-split episodes (episode i reset with seed + i).
 
@@ -88,9 +94,10 @@ def evaluate_policy(
     """
     policy = model if hasattr(model, "act") else ModelPolicy(model, tokenizer, max_new_tokens, temperature, greedy)
     t0 = time.time()
-    batches = play(policy, tokenizer, env_id, episodes, seed, "test", batch_size, max_total_tokens)
+    batches = play(policy, tokenizer, env_id, episodes, seed, "test", batch_size, max_total_tokens, wrappers)
     records = [record for traj in batches for record in episode_records(traj, env_id)]
-    return result_from(records, sum(traj.generated_tokens for traj in batches), time.time() - t0, env_id, seed)
+    result = result_from(records, sum(traj.generated_tokens for traj in batches), time.time() - t0, env_id, seed)
+    return {**result, "wrapper": wrappers}
 
 
 def result_from(records: list[dict], generated_tokens: int, seconds: float, env_id: str, seed: int) -> dict:
@@ -117,7 +124,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", help="Model folder, 'tiny', 'scripted' or 'random'.")
     which.add_argument("--compare", nargs="+", metavar="POLICY", help="Two or more policies on the same episodes.")
-    parser.add_argument("--env", action="append", required=True, help="Environment id; repeat for several.")
+    parser.add_argument("--env", action="append", required=True, help="Environment id or module:attr; repeatable.")
+    parser.add_argument(
+        "--wrapper",
+        metavar="SPEC",
+        help="Also evaluate under robustness wrappers, e.g. prompt_injection:0.3 or tool_faults:0.2:timeout.",
+    )
     parser.add_argument("--episodes", type=int, default=200, help="Test-split episodes per environment.")
     parser.add_argument("--seed", type=int, default=0, help="Episode i is reset with seed SEED+i.")
     parser.add_argument("--sample", action="store_true", help="Temperature sampling instead of greedy decoding.")
@@ -126,14 +138,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.compare is not None and len(args.compare) < 2:
         parser.error("--compare needs at least two policies")
+    if args.wrapper:
+        from envs.wrappers import parse_wrappers
+
+        try:  # a malformed spec fails here, before any model is loaded
+            parse_wrappers(args.wrapper)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(env, wrapper) pairs to evaluate: every env plain, then (with --wrapper) every env under the wrappers."""
+    return [(env_id, None) for env_id in args.env] + [(env_id, args.wrapper) for env_id in args.env if args.wrapper]
+
+
 def evaluate_spec(spec: str, env_ids: list[str], args: argparse.Namespace) -> list[dict]:
-    """Load a policy from its command-line spec once, then evaluate it on every environment."""
+    """Load a policy from its command-line spec once, then evaluate it on every (environment, wrapper) pair."""
     policy, tokenizer = load_policy(spec, args, greedy=not args.sample)
     results = []
-    for env_id in env_ids:
+    for env_id, wrapper in env_ids:
         torch.manual_seed(args.seed)  # --sample: every policy and env starts from the same seeded stream
         result = evaluate_policy(
             policy,
@@ -143,6 +167,7 @@ def evaluate_spec(spec: str, env_ids: list[str], args: argparse.Namespace) -> li
             args.seed,
             args.batch_size,
             max_total_tokens=args.max_total_tokens,
+            wrappers=wrapper,
         )
         results.append({**result, "policy": spec, "greedy": not args.sample})
     return results
@@ -150,15 +175,15 @@ def evaluate_spec(spec: str, env_ids: list[str], args: argparse.Namespace) -> li
 
 def compare_blocks(args: argparse.Namespace) -> list[dict]:
     """Per env: every policy's result; each after the first gets its difference from the first and a p-value."""
-    per_policy = [evaluate_spec(spec, args.env, args) for spec in args.compare]
+    pairs = variants(args)
+    per_policy = [evaluate_spec(spec, pairs, args) for spec in args.compare]
     blocks = []
-    for i, env_id in enumerate(args.env):
+    for i, (env_id, wrapper) in enumerate(pairs):
         results = [policy_results[i] for policy_results in per_policy]
         for result in results[1:]:
             result.update(baseline=args.compare[0], **compare(results[0], result))
-        blocks.append(
-            {"env": env_id, "seed": args.seed, "episodes": args.episodes, "test": FISHER_TEST, "results": results}
-        )
+        blocks.append({"env": env_id, "wrapper": wrapper, "seed": args.seed, "episodes": args.episodes,
+                       "test": FISHER_TEST, "results": results})  # fmt: skip
     return blocks
 
 
@@ -184,7 +209,7 @@ def print_table(rows: list[dict]) -> None:
         lo, hi = r["success_ci95"]
         diff, p = (f"{r['difference']:+.1%}", f"{r['p_value']:.3g}") if "p_value" in r else ("", "")
         table.add_row(
-            r["env"],
+            r["env"] + (f" + {r['wrapper']}" if r.get("wrapper") else ""),
             str(r["policy"]),
             f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
             f"[{lo:.1%}, {hi:.1%}]",
@@ -205,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         blocks = compare_blocks(args)
         rows = [result for block in blocks for result in block["results"]]
     else:
-        blocks = rows = evaluate_spec(args.policy, args.env, args)
+        blocks = rows = evaluate_spec(args.policy, variants(args), args)
     output = blocks[0] if len(blocks) == 1 else {"envs": blocks}
     print_table(rows)
     if args.out:

@@ -248,13 +248,24 @@ def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], genera
     )  # fmt: skip
 
 
-def make_envs(env_id: str, n: int, split: str = "train", **env_kwargs) -> list:
-    """n independent environments (gymnasium.make), registering rlagent's environments first."""
-    import gymnasium as gym
+def make_envs(env_id: str, n: int, split: str = "train", wrappers: str | None = None, wrapper_seed: int = 0,
+              **env_kwargs) -> list:  # fmt: skip
+    """n independent environments from a spec (a registered id or `module:attr`, see envs.registry), checked against
+    envs.protocol and wrapped by `wrappers` (e.g. "prompt_injection:0.3"; envs.wrappers.wrap_env).
 
-    import envs  # noqa: F401  (registers rlagent/* ids)
+    A spec that cannot be built, an env that breaks the protocol or a bad wrapper spec is a ConfigError (the CLIs
+    print it as one line)."""
+    import envs  # registers rlagent/* ids
+    from rlagent.config import ConfigError
 
-    return [gym.make(env_id, split=split, **env_kwargs) for _ in range(n)]
+    try:
+        return envs.build_envs(env_id, n, split, wrappers=wrappers, wrapper_seed=wrapper_seed, **env_kwargs)
+    except (envs.EnvSpecError, envs.EnvProtocolError) as err:
+        raise ConfigError(str(err).removeprefix("rlagent: ")) from None
+    except ValueError as err:
+        if "--wrapper" not in str(err):  # only wrap_env's own errors are input errors; anything else is a bug
+            raise
+        raise ConfigError(str(err)) from None
 
 
 def play(
@@ -266,9 +277,11 @@ def play(
     split: str,
     batch_size: int = 64,
     max_total_tokens: int = 1024,
+    wrappers: str | None = None,
 ) -> list[Trajectory]:
-    """Episodes seed, seed+1, ... in engine batches of `batch_size` (the environments are reused across batches)."""
-    envs = make_envs(env_id, min(batch_size, episodes), split=split)
+    """Episodes seed, seed+1, ... in engine batches of `batch_size` (the environments are reused across batches),
+    optionally under robustness `wrappers` (seeded with `seed`, so the same episodes get the same hits)."""
+    envs = make_envs(env_id, min(batch_size, episodes), split=split, wrappers=wrappers, wrapper_seed=seed)
     batches = []
     for start in range(0, episodes, batch_size):
         seeds = [seed + i for i in range(start, min(start + batch_size, episodes))]

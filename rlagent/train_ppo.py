@@ -25,6 +25,7 @@ import torch
 from trl.models.utils import unwrap_model_for_generation
 
 from reward_models.combine import combine_rewards
+from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
 from rlagent import ppo_core as core
 from rlagent.config import ConfigError, ModelConfig, OptimConfig, StageConfig, doc, parse_args, run_main, save_config
 from rlagent.modeling import count_parameters, load_tokenizer
@@ -55,6 +56,11 @@ class EnvConfig:
     )
     episodes: int = doc("Episodes per iteration over all processes (the rollout batch).", 32)
     split: Literal["train", "test"] = doc("Task split to train on.", "train")
+    wrappers: str | None = doc(
+        "Robustness wrappers to train under, e.g. 'prompt_injection:0.1,tool_faults:0.1:timeout' (envs.wrappers); "
+        "null = none.",
+        None,
+    )
 
 
 @dataclass
@@ -73,6 +79,12 @@ class ScoreConfig:
     model_path: str | None = doc("Stage-2 reward model folder (its final/); null = environment reward only.", None)
     env_weight: float = doc("Weight of the environment's verifiable reward.", 1.0)
     rm_weight: float = doc("Weight of the normalised reward-model score.", 0.0)
+    functions: list[str] = doc(
+        "Python reward functions of a finished episode, 'module:fn' each: fn(messages, tools, info) -> float "
+        "(reward_models.functions); logged as reward/<fn>.",
+        factory=list,
+    )
+    function_weights: list[float] | None = doc("Weight of each reward function, in order; null = 1 each.", None)
     missing_eos: Literal["penalty", "mask", "none"] = doc(
         "Episodes with a turn that hit max_new_tokens: subtract missing_eos_penalty, drop them from the loss, or "
         "nothing.",
@@ -163,13 +175,20 @@ class PPOConfig(StageConfig):
 
 
 def score_episodes(
-    reward: ScoreConfig, traj: Trajectory, reward_model, tokenizer, inject_nan: bool = False
+    reward: ScoreConfig,
+    traj: Trajectory,
+    reward_model,
+    tokenizer,
+    inject_nan: bool = False,
+    reward_functions: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(scores, policy_mask, stats): episode scores and the mask the update trains on; `traj` is left unchanged.
 
-    Score = env_weight x env reward + rm_weight x normalised RM score (reward_models.combine_rewards), then the
-    missing-EOS rule. An episode that leaves the loss — missing end-of-turn with missing_eos='mask' (DAPO-style) or
-    a non-finite score, which would poison whitening and the loss — gets score 0 and an all-zero mask row.
+    Score = env_weight x env reward + rm_weight x normalised RM score + each reward function's weight x value
+    (reward_models.combine_rewards; `reward_functions` from reward_models.functions.load_reward_functions), then
+    the missing-EOS rule. An episode that leaves the loss — missing end-of-turn with missing_eos='mask'
+    (DAPO-style), a reward function that failed on it, or any other non-finite score, which would poison
+    whitening and the loss — gets score 0 and an all-zero mask row.
     Shape: scores (B,), policy_mask (B, T) like traj.policy_mask.
     """
     rm_score, stats = None, {}
@@ -177,7 +196,8 @@ def score_episodes(
         rm_score = reward_model.score_policy_ids(traj.input_ids, traj.attention_mask, tokenizer).float().cpu()
         stats["objective/rm_score"] = rm_score.mean().item()
     rm_weight = reward.rm_weight if rm_score is not None else 0.0  # no reward model loaded: environment only
-    scores = combine_rewards(traj.env_reward, rm_score, reward.env_weight, rm_weight)
+    functions = function_scores(reward_functions or [], traj, stats)
+    scores = combine_rewards(traj.env_reward, rm_score, reward.env_weight, rm_weight, functions)
     dropped = torch.zeros(len(scores), dtype=torch.bool)
     if reward.missing_eos == "penalty":
         scores = scores - reward.missing_eos_penalty * traj.missing_eos
@@ -190,6 +210,42 @@ def score_episodes(
     dropped = dropped | nonfinite
     policy_mask = traj.policy_mask.masked_fill(dropped[:, None], 0)
     return torch.where(dropped, torch.zeros_like(scores), scores), policy_mask, stats
+
+
+def function_scores(reward_functions: list, traj: Trajectory, stats: dict) -> dict:
+    """Run the user's reward functions; log reward/<name> (mean over the episodes it scored) and
+    reward/function_errors (episodes at least one function failed on); failures are reported on stderr."""
+    if not reward_functions:
+        return {}
+    functions, errors = call_reward_functions(reward_functions, traj)
+    failed = torch.zeros(len(traj), dtype=torch.bool)
+    for name, (values, _) in functions.items():
+        ok = torch.isfinite(values)
+        failed |= ~ok
+        stats[f"reward/{name}"] = values[ok].mean().item() if bool(ok.any()) else float("nan")
+    stats["reward/function_errors"] = int(failed.sum())
+    if errors:  # the first failure says what went wrong; the count says how often
+        print(f"rlagent ppo: warning: {errors[0]} ({len(errors)} failure(s) in this batch; those episodes are "
+              "dropped from the update)", file=sys.stderr, flush=True)  # fmt: skip
+    return functions
+
+
+def build_training_envs(env: EnvConfig, per_env: int, wrapper_seed: int) -> list:
+    """per_env environments of each id; a bad spec, a protocol gap or a bad wrapper spec is a ConfigError naming
+    the key.
+
+    Wrapper hits are drawn per (wrapper_seed, reset seed): processes differ, a resumed run repeats its draws.
+    """
+    from envs.wrappers import parse_wrappers
+
+    try:
+        parse_wrappers(env.wrappers)
+    except ValueError as err:
+        raise ConfigError(f"env.wrappers: {err}") from None
+    try:
+        return [e for env_id in env.ids for e in make_envs(env_id, per_env, env.split, env.wrappers, wrapper_seed)]
+    except ConfigError as err:
+        raise ConfigError(f"env.ids: {err}") from None
 
 
 def advantages_for(algo: AlgoConfig, rewards, non_score, values, policy_mask, scores, group_ids):
@@ -304,6 +360,10 @@ class PPOTrainer:
             else core.FixedKLController(cfg.algo.kl_coef)
         )
         self.curriculum = Curriculum(cfg.curriculum, cfg.env.ids)
+        try:
+            self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.function_weights)
+        except RewardFunctionError as err:
+            raise ConfigError(str(err)) from None
         self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
         self.start, self.skipped_in_a_row = 0, 0
         self.last_metrics: dict = {}  # the latest iteration's metrics; checkpointed so a resume at the end summarises
@@ -311,7 +371,7 @@ class PPOTrainer:
         if self.resume:
             self._load_checkpoint(self.resume)
         per_env = self.per_rank // len(cfg.env.ids)
-        self.envs = [env for env_id in cfg.env.ids for env in make_envs(env_id, per_env, cfg.env.split)]
+        self.envs = build_training_envs(cfg.env, per_env, cfg.seed * 1009 + self.rank)
         self.env_names = [env_id for env_id in cfg.env.ids for _ in range(per_env)]
         unwrapped = self.accelerator.unwrap_model(self.policy)
         self.sampler = ModelPolicy(unwrapped, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature)
@@ -418,7 +478,7 @@ class PPOTrainer:
     def score(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor, dict]:
         inject_nan = self.cfg.inject_nan_reward_at == it.step - 1
         scores, policy_mask, stats = score_episodes(
-            self.cfg.reward, it.traj, self.reward_model, self.tokenizer, inject_nan
+            self.cfg.reward, it.traj, self.reward_model, self.tokenizer, inject_nan, self.reward_functions
         )
         return scores.to(self.accelerator.device), policy_mask.to(self.accelerator.device), stats
 

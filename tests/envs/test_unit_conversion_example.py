@@ -1,7 +1,6 @@
 """examples/unit_conversion.py: a user task family on ToolUseEnv, built from its spec and played by the engine.
 
-The CLI tests (`rlagent rollout --env examples.unit_conversion:make_env`, one `rlagent ppo` iteration) run once the
-rollout engine builds environments with envs.make_env; until then they are skipped, with the reason printed.
+The CLI tests run `rlagent rollout --env examples.unit_conversion:make_env` and one `rlagent ppo` iteration on it.
 """
 
 import json
@@ -11,7 +10,7 @@ import pytest
 from envs import check_env, check_step, make_env
 from envs.experts import ScriptedExpert, run_expert_episode
 from examples.unit_conversion import METRES_PER_UNIT, convert, sample_task
-from rlagent.rollout import TextPolicy, make_envs, run_episodes
+from rlagent.rollout import TextPolicy, run_episodes
 from rlagent.tiny import build_tiny_tokenizer
 from tests.conftest import SMALL_MODEL, read_metrics, run_cli
 
@@ -84,20 +83,6 @@ def test_scripted_rollout_through_the_engine():
     assert all(schema[0]["function"]["name"] == "convert" for schema in traj.tools)
 
 
-def _engine_takes_specs() -> bool:
-    try:
-        make_envs(SPEC, 1)
-    except Exception:
-        return False
-    return True
-
-
-needs_integration = pytest.mark.skipif(
-    not _engine_takes_specs(), reason="rlagent.rollout.make_envs does not build module:attr specs yet"
-)
-
-
-@needs_integration
 def test_rollout_cli_plays_the_example(tmp_path):
     save = tmp_path / "episodes.jsonl"
     run_cli("rlagent", "rollout", "--env", SPEC, "--policy", "scripted", "--episodes", "3", "--seed", "0",
@@ -106,7 +91,6 @@ def test_rollout_cli_plays_the_example(tmp_path):
     assert len(rows) == 3 and all(row["success"] for row in rows)
 
 
-@needs_integration
 @pytest.mark.slow
 def test_one_ppo_iteration_on_the_example(tmp_path):
     run_cli("rlagent", "ppo", f"output_dir={tmp_path}", "model.name_or_path=tiny", *SMALL_MODEL, "progress=false",
