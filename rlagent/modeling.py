@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from rlagent.chat_templates import prepare_tokenizer, sync_model_with_tokenizer
+from rlagent.chat_templates import ChatTemplateError, prepare_tokenizer, sync_model_with_tokenizer
 from rlagent.config import ConfigError, ModelConfig
 from rlagent.model_sources import SHIPPED_MODELS, TINY, is_adapter_folder, resolve_model_path
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
@@ -111,7 +111,10 @@ def load_tokenizer(name_or_path: str, key: str = "model.name_or_path"):
     if name_or_path == TINY:
         return build_tiny_tokenizer()
     tokenizer = AutoTokenizer.from_pretrained(model_path(name_or_path, key), local_files_only=True)
-    fixups = prepare_tokenizer(tokenizer)
+    try:
+        fixups = prepare_tokenizer(tokenizer)
+    except ChatTemplateError as err:
+        raise ConfigError(f"{key}='{name_or_path}': {err}") from None
     if fixups.notes:
         tokenizer.init_kwargs[FIXUPS_KEY] = list(tokenizer.init_kwargs.get(FIXUPS_KEY, [])) + fixups.notes
     return tokenizer
