@@ -24,8 +24,9 @@ def render_env_reply(tokenizer, history: list[dict], env_messages: list[dict], t
     `context`, the episode's token ids so far (ending with that end-of-turn), enables a fast path that renders once
     instead of twice: when the fresh render of history + env messages starts with the decoded context, the delta is
     the rest of it, and context + delta decodes to exactly that render. Otherwise (e.g. the policy wrote a tool call
-    the template renders differently) the two-render delta is used, with its check that the template is prefix-stable
-    (the fast path needs no such check: its result always makes the context read as a fresh render).
+    the template renders differently) the two-render delta is used. A template that is not prefix-stable (rendering
+    more messages changes earlier text, e.g. Qwen3's think block of the last assistant message) never raises: the
+    reply is what `after` holds past the history's end-of-turn, found by `_history_end`.
     """
     after = tokenizer.apply_chat_template(
         history + env_messages, tools=tools, tokenize=False, add_generation_prompt=True
