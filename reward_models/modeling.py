@@ -1,19 +1,23 @@
 """Reward-model backbones: a causal transformer with a scalar `score` head (AutoModelForSequenceClassification).
 
 `model.name_or_path` is 'tiny' (a LlamaForSequenceClassification with the tiny policy's LlamaConfig), a causal-LM
-folder such as an SFT output (it loads with a fresh head), or an existing reward-model folder (its head is kept).
+folder such as an SFT output, a .gguf file or short name (all load with a fresh head), a LoRA SFT output (its adapter
+merged into its base first), or an existing reward-model folder (its head is kept).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForSequenceClassification
 from transformers.utils import logging as hf_logging
 
+from rlagent.chat_templates import sync_model_with_tokenizer
 from rlagent.config import ModelConfig, TinyModelConfig
-from rlagent.modeling import TINY, check_local_path, resolve_dtype
+from rlagent.model_sources import is_adapter_folder
+from rlagent.modeling import TINY, load_pretrained_causal_lm, model_path, resolve_dtype
 from rlagent.tiny import tiny_llama_config
 
 
@@ -50,25 +54,45 @@ def is_reward_model_folder(path: str) -> bool:
 
 
 def load_reward_backbone(cfg: ModelConfig, tokenizer, seed: int):
-    """Reward model to train: fresh tiny, a causal-LM folder with a fresh head, or a reward-model folder as is.
+    """Reward model to train: fresh tiny, a causal LM with a fresh head, or a reward-model folder as is.
 
-    pad_token_id is set in the config because HF reads the score at the last token that is not padding.
+    pad_token_id is set in the config (sync_model_with_tokenizer) because HF reads the score at the last token that is
+    not padding; a converted GGUF's config still says pad = eos, which would score the wrong token.
     """
     if cfg.name_or_path == TINY:
         model = build_tiny_reward_model(cfg.tiny, tokenizer, seed)
     else:
-        check_local_path(cfg.name_or_path)
-        keep_head = is_reward_model_folder(cfg.name_or_path)
-        verbosity = hf_logging.get_verbosity()
-        if not keep_head:  # the "score.weight MISSING" load report is expected: the head is initialised below
-            hf_logging.set_verbosity_error()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.name_or_path, num_labels=1, dtype=resolve_dtype(cfg.dtype), local_files_only=True
-            )
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        path, dtype = model_path(cfg.name_or_path), resolve_dtype(cfg.dtype)
+        keep_head = not is_adapter_folder(path) and is_reward_model_folder(path)
+        if is_adapter_folder(path):
+            model = _classifier_from_causal_lm(load_pretrained_causal_lm(cfg.name_or_path, dtype))
+        else:
+            model = _load_classifier(path, dtype, quiet=not keep_head)
         if not keep_head:
             init_score_head(model, seed)
+        sync_model_with_tokenizer(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(resolve_dtype(cfg.dtype))
+
+
+def _load_classifier(path: str, dtype: torch.dtype, quiet: bool):
+    verbosity = hf_logging.get_verbosity()
+    if quiet:  # the "score.weight MISSING" load report is expected: the head is initialised by the caller
+        hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _classifier_from_causal_lm(causal):
+    """A one-output sequence classifier with the causal LM's backbone weights (e.g. a merged LoRA SFT policy); its
+    head is left for init_score_head."""
+    config = copy.deepcopy(causal.config)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config, dtype=causal.dtype)
+    backbone = getattr(model, model.base_model_prefix)
+    backbone.load_state_dict(getattr(causal, causal.base_model_prefix).state_dict())
+    return model

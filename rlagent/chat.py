@@ -24,8 +24,9 @@ def render_env_reply(tokenizer, history: list[dict], env_messages: list[dict], t
     `context`, the episode's token ids so far (ending with that end-of-turn), enables a fast path that renders once
     instead of twice: when the fresh render of history + env messages starts with the decoded context, the delta is
     the rest of it, and context + delta decodes to exactly that render. Otherwise (e.g. the policy wrote a tool call
-    the template renders differently) the two-render delta is used, with its check that the template is prefix-stable
-    (the fast path needs no such check: its result always makes the context read as a fresh render).
+    the template renders differently) the two-render delta is used. A template that is not prefix-stable (rendering
+    more messages changes earlier text, e.g. Qwen3's think block of the last assistant message) never raises: the
+    reply is what `after` holds past the history's end-of-turn, found by `_history_end`.
     """
     after = tokenizer.apply_chat_template(
         history + env_messages, tools=tools, tokenize=False, add_generation_prompt=True
@@ -35,11 +36,33 @@ def render_env_reply(tokenizer, history: list[dict], env_messages: list[dict], t
         if text and after.startswith(text):
             return encode(tokenizer, after[len(text) :])
     before = tokenizer.apply_chat_template(history, tools=tools, tokenize=False)
-    if not after.startswith(before):
-        raise ValueError("chat template is not prefix-stable: rendering more messages changed earlier text")
     eos = tokenizer.eos_token
+    if not after.startswith(before):
+        # Not prefix-stable (e.g. Qwen3 renders a think block only in the LAST assistant message): find where the
+        # history ends in `after` itself, by rendering the same conversation with the env message's text replaced.
+        return encode(tokenizer, after[_history_end(tokenizer, history, env_messages, tools, after) :])
     tail = before[before.rindex(eos) + len(eos) :] if eos in before else ""
     return encode(tokenizer, tail + after[len(before) :])
+
+
+SENTINEL = "\x00rlagent-sentinel\x00"
+
+
+def _history_end(tokenizer, history: list[dict], env_messages: list[dict], tools, after: str) -> int:
+    """Index in `after` (the render of history + env messages) just past the history's last end-of-turn token.
+
+    A second render with the first env message's content swapped for a sentinel renders the history exactly as
+    `after` does (same messages before it, same position in the conversation); the two agree up to that content, so
+    the history's end is the last end-of-turn token in their common prefix (the env message's header follows it).
+    """
+    probe = history + [{**env_messages[0], "content": SENTINEL}] + env_messages[1:]
+    other = tokenizer.apply_chat_template(probe, tools=tools, tokenize=False, add_generation_prompt=True)
+    common = next((i for i, (a, b) in enumerate(zip(after, other)) if a != b), min(len(after), len(other)))
+    eos = tokenizer.eos_token
+    end = after.rfind(eos, 0, common) if eos else -1
+    if end < 0:
+        raise ValueError("chat template: cannot find the end of the assistant's turn before the environment's reply")
+    return end + len(eos)
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -79,10 +102,24 @@ def render_mismatches(tokenizer, episodes: list) -> list[bool]:
     model wrote a tool call with spacing the template would not produce); it is counted so users see how far training
     tokens drift from what the template would feed the model. Compared as a prefix: the template adds text after the
     last end-of-turn (and the env's last reply, when the token budget ended the episode) that was never appended.
+
+    The conversation is rendered with a closing user message after it, as the engine rendered every reply: a template
+    that renders the LAST assistant message differently (Qwen3 adds an empty think block) is not a real difference.
     """
-    texts = [tokenizer.apply_chat_template(ep.messages, tools=ep.tools, tokenize=False) for ep in episodes]
+    texts = [_render_not_last(tokenizer, ep.messages, ep.tools) for ep in episodes]
     rendered = encode_many(tokenizer, texts)
     return [ids[: len(ep.tokens)] != ep.tokens for ids, ep in zip(rendered, episodes)]
+
+
+def _render_not_last(tokenizer, messages: list[dict], tools) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages + [{"role": "user", "content": SENTINEL}], tools=tools, tokenize=False
+        )
+    except TemplateError:  # a template that rejects two user turns in a row: the plain render
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
 
 
 def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:

@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 
 from jinja2 import TemplateError
 
-from rlagent.config import ConfigError
-
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 CHATML_START = "<|im_start|>"
 
 
-class ChatTemplateError(ConfigError):
-    """A chat template rlagent cannot train with; the message says why and what to do (a ConfigError of the model
-    choice, so a stage exits with that line; not a DataError, so rlagent.data can import this module)."""
+class ChatTemplateError(ValueError):
+    """A chat template rlagent cannot train with; the message says why and what to do. rlagent.modeling reports it as
+    a ConfigError of the model choice and rlagent.data as a DataError of the conversation, so a stage exits with that
+    line; this module imports nothing of rlagent's (config imports data, which imports this module)."""
 
 
 def read_template(name: str) -> str:

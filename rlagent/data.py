@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlagent.chat_templates import ChatTemplateError, assistant_token_mask
+
 ROLES = {"system", "user", "assistant", "tool"}
 
 
@@ -281,13 +283,12 @@ class TokenizedConversation:
 
 
 def tokenize_conversation(tokenizer, messages: list[dict], tools, max_length: int) -> TokenizedConversation:
-    """Render with the chat template; the mask comes from its {% generation %} spans, never from token ids."""
-    out = tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    if sum(mask) == 0:
-        raise DataError("the chat template marked no assistant tokens; it needs {% generation %} blocks")
+    """Render with the chat template; the mask marks what the assistant wrote, never inferred from token ids: the
+    template's {% generation %} spans, else the prefix derivation (rlagent.chat_templates.assistant_token_mask)."""
+    try:
+        ids, mask = assistant_token_mask(tokenizer, messages, tools)
+    except ChatTemplateError as err:
+        raise DataError(str(err)) from None
     truncated = len(ids) > max_length
     return TokenizedConversation(ids[:max_length], mask[:max_length], truncated)
 

@@ -58,18 +58,27 @@ def resolve_model_path(name_or_path: str, key: str = "model.name_or_path") -> st
         return gguf_to_hf_folder(shipped_model_file(name_or_path.lower(), key))
     path = os.path.expanduser(name_or_path)
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not (is_hf_folder(path) or is_adapter_folder(path)):
             raise ModelSourceError(f"{key}='{name_or_path}': folder has no config.json (not a Hugging Face model)")
         return path
     if os.path.isfile(path) and path.lower().endswith(".gguf"):
         return gguf_to_hf_folder(path)
     if os.path.exists(path):
-        raise ModelSourceError(f"{key}='{name_or_path}': expected a Hugging Face folder or a .gguf file")
+        raise ModelSourceError(f"{key}='{name_or_path}' is a file; expected a Hugging Face folder or a .gguf file")
     names = ", ".join(["tiny", *SHIPPED_MODELS])
     raise ModelSourceError(
         f"{key}='{name_or_path}' is not a local folder, a .gguf file or a known name ({names}); rlagent does not "
         "download weights: download elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass DIR"
     )
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def is_adapter_folder(path: str) -> bool:
+    """A PEFT adapter (what a LoRA stage writes to final/): adapter_config.json naming its base, no config.json."""
+    return os.path.isfile(os.path.join(path, "adapter_config.json")) and not is_hf_folder(path)
 
 
 def shipped_model_file(name: str, key: str = "model.name_or_path") -> str:

@@ -1,5 +1,9 @@
-"""Load tokenizers and causal-LM backbones (the policy and its reference): the embedded 'tiny' default or a local
-Hugging Face folder; plus the dropout and LoRA helpers the stages apply to them.
+"""Load tokenizers and causal-LM backbones (the policy and its reference): the embedded 'tiny' default, a local
+Hugging Face folder, a LoRA stage output (PEFT adapter, merged into its base on load), a `.gguf` file or a short name
+such as `smollm2-135m-instruct` (rlagent.model_sources); plus the dropout and LoRA helpers the stages apply to them.
+
+A real model's tokenizer gets rlagent's fix-ups on load (rlagent.chat_templates.prepare_tokenizer: tool-capable,
+prefix-stable template, eos = end-of-turn, pad distinct from eos), printed once and saved with every final/ folder.
 
 Value models are built in rlagent.ppo_models and reward models in reward_models.modeling, both on top of this module.
 """
@@ -7,6 +11,7 @@ Value models are built in rlagent.ppo_models and reward models in reward_models.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 
@@ -14,10 +19,13 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from rlagent.chat_templates import ChatTemplateError, prepare_tokenizer, sync_model_with_tokenizer
 from rlagent.config import ConfigError, ModelConfig
+from rlagent.model_sources import SHIPPED_MODELS, TINY, is_adapter_folder, resolve_model_path
 from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 
-TINY = "tiny"
+# tokenizer_config.json key under which the fix-ups prepare_tokenizer made are kept, so final/ says what was changed
+FIXUPS_KEY = "rlagent_tokenizer_fixups"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -49,6 +57,17 @@ def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None
             "or use 'tiny'."
         )
     raise ConfigError(f"{key}='{name_or_path}': no such folder; pass a local model folder or 'tiny'")
+
+
+def model_path(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """The local folder to load (or 'tiny'): a .gguf file or short name becomes its cached HF folder; a missing path
+    gets check_local_path's one-line error (which names the stage that writes it, or says we never download)."""
+    if name_or_path == TINY:
+        return TINY
+    if name_or_path.lower() in SHIPPED_MODELS or os.path.exists(os.path.expanduser(name_or_path)):
+        return resolve_model_path(name_or_path, key)
+    check_local_path(name_or_path, key)
+    raise AssertionError("unreachable: check_local_path raises for a missing path")
 
 
 def _stage_output_dir(path: str) -> str | None:
@@ -86,31 +105,65 @@ def _looks_like_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
-def load_tokenizer(name_or_path: str):
-    """The tiny byte-level tokenizer, or the folder's own tokenizer (with its own chat template)."""
+def load_tokenizer(name_or_path: str, key: str = "model.name_or_path"):
+    """The tiny byte-level tokenizer, or the model's own tokenizer with rlagent's fix-ups (printed when any apply;
+    their notes are kept in tokenizer_config.json under FIXUPS_KEY, so a saved final/ records them)."""
     if name_or_path == TINY:
         return build_tiny_tokenizer()
-    check_local_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        # PPO_CHECKLIST A.1: pad must differ from eos, or masking eos as padding teaches the model never to stop.
-        raise ConfigError(
-            f"{name_or_path}: tokenizer has pad_token == eos_token ({tokenizer.eos_token!r}); "
-            "set a distinct pad token in its tokenizer_config.json"
-        )
+    tokenizer = AutoTokenizer.from_pretrained(model_path(name_or_path, key), local_files_only=True)
+    try:
+        fixups = prepare_tokenizer(tokenizer)
+    except ChatTemplateError as err:
+        raise ConfigError(f"{key}='{name_or_path}': {err}") from None
+    if fixups.notes:
+        tokenizer.init_kwargs[FIXUPS_KEY] = list(tokenizer.init_kwargs.get(FIXUPS_KEY, [])) + fixups.notes
     return tokenizer
 
 
 def load_causal_lm(cfg: ModelConfig, tokenizer, seed: int) -> PreTrainedModel:
-    """Policy backbone: fresh tiny model from `seed`, or weights from a local folder."""
+    """Policy backbone: fresh tiny model from `seed`, or pretrained weights fitted to the (fixed-up) tokenizer."""
     if cfg.name_or_path == TINY:
         model = build_tiny_model(cfg.tiny, tokenizer, seed)
     else:
-        check_local_path(cfg.name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path, dtype=resolve_dtype(cfg.dtype), local_files_only=True
-        )
+        model = load_pretrained_causal_lm(cfg.name_or_path, resolve_dtype(cfg.dtype))
+        sync_model_with_tokenizer(model, tokenizer)
     return model.to(resolve_dtype(cfg.dtype))
+
+
+def load_pretrained_causal_lm(name_or_path: str, dtype: torch.dtype, key: str = "model.name_or_path"):
+    """An AutoModelForCausalLM from any accepted spelling; a PEFT adapter folder is loaded onto its base and merged.
+
+    The model's `name_or_path` is set to a spelling that resolves anywhere (the short name, or an absolute path), since
+    PEFT records it as `base_model_name_or_path` of adapters trained on top: PPO's LoRA on a merged SFT adapter then
+    names the SFT folder as its base, and loading it merges both in turn.
+    """
+    path = model_path(name_or_path, key)
+    if is_adapter_folder(path):
+        model = _load_merged_adapter(path, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model.name_or_path = model.config._name_or_path = _portable_spelling(name_or_path, path)
+    return model
+
+
+def _portable_spelling(name_or_path: str, path: str) -> str:
+    """The short name as given; a .gguf file (not its cache folder, which another machine lacks); else the folder,
+    absolute so that it resolves from any working directory."""
+    if name_or_path.lower() in SHIPPED_MODELS:
+        return name_or_path
+    return os.path.abspath(os.path.expanduser(name_or_path if name_or_path.lower().endswith(".gguf") else path))
+
+
+def _load_merged_adapter(path: str, dtype: torch.dtype):
+    """Base model (any accepted spelling, recursively) + the adapter in `path`, merged into plain weights."""
+    from peft import PeftModel
+
+    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as handle:
+        base = json.load(handle).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{path}/adapter_config.json: no base_model_name_or_path; cannot load the LoRA adapter")
+    model = load_pretrained_causal_lm(base, dtype, key=f"{path}/adapter_config.json base_model_name_or_path")
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

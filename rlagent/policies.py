@@ -1,8 +1,9 @@
 """Policies a rollout can be played with, and how `rlagent rollout` / `rlagent eval` load one from its spec.
 
-A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`), `tiny` (the untrained tiny
-default), `scripted` (the scripted expert; mistakes with probability --noise per episode) or `random` (random text and
-often malformed tool calls). Text policies (scripted, random) go through TextPolicy; models through ModelPolicy
+A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`, a LoRA adapter folder too), a .gguf
+file, a short name such as `smollm2-135m-instruct`, `tiny` (the untrained tiny default), `scripted` (the scripted
+expert; mistakes with probability --noise per episode) or `random` (random text and often malformed tool calls).
+Text policies (scripted, random) go through TextPolicy; models through ModelPolicy
 (rlagent.decoding).
 """
 
@@ -100,13 +101,13 @@ def scripted_actor(noise: float) -> Callable[[int], Callable]:
 
 
 def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
-    """(policy, tokenizer) for a model folder, 'tiny', 'scripted' or 'random'."""
+    """(policy, tokenizer) for a model folder, .gguf file, short name, 'tiny', 'scripted' or 'random'."""
     if spec in ("scripted", "random"):
-        tokenizer = load_tokenizer(args.tokenizer or "tiny")
+        tokenizer = load_tokenizer(args.tokenizer or "tiny", "--tokenizer")
         make = scripted_actor(args.noise) if spec == "scripted" else random_actor
         return TextPolicy(make, tokenizer, per_episode=True), tokenizer
     logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
-    tokenizer = load_tokenizer(spec)
+    tokenizer = load_tokenizer(spec, "--policy")  # a real model's tokenizer is fixed up as in training
     model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=args.seed)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy)

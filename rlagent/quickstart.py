@@ -5,6 +5,10 @@ Runs the three stage scripts in this process with configs/quickstart/*.yaml (out
 95 % Wilson intervals and the Fisher-exact p-value of the difference. Writes DIR/summary.json as
 {"rlagent/Calculator-v0": {"sft": {...}, "ppo": {...}, "difference": ..., "p_value": ...}, ...} (greedy decoding),
 plus the same for sampling at temperature 1: "sft_sampled", "ppo_sampled", "difference_sampled", "p_value_sampled".
+
+`--model smollm2-135m-instruct` (or a .gguf file, or a Hugging Face folder with a ChatML-style template) runs the same
+pipeline on that pretrained model with configs/smollm2/*.yaml (LoRA in every stage), and adds the untouched model as
+a "zero_shot" row (and "zero_shot_sampled") beside "sft" and "ppo" for each environment.
 """
 
 from __future__ import annotations
@@ -14,19 +18,37 @@ import json
 import os
 import time
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = os.path.join(CONFIGS, "quickstart")
+REAL_MODEL_CONFIG_DIR = os.path.join(CONFIGS, "smollm2")  # LoRA settings sized for SmolLM2-135M; any model fits them
 ENV_IDS = ["rlagent/Calculator-v0", "rlagent/KBSearch-v0"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rlagent quickstart", description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="runs/quickstart", help="Where the three stages write.")
+    parser.add_argument(
+        "--model", default="tiny", help="'tiny', a short name (smollm2-135m-instruct), a .gguf file or a HF folder."
+    )
+    parser.add_argument(
+        "--output-dir", default=None, help="Where the three stages write (default runs/quickstart[-MODEL NAME])."
+    )
     # 500: a 95 % interval of about +-4 points; 200 (+-7) could not resolve the ~9-point sampled gains measured so far.
-    parser.add_argument("--eval-episodes", type=int, default=500, help="Test-split episodes per environment.")
+    parser.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=None,
+        help="Test-split episodes per environment (default 500; 20 for --model).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed for every stage and the evaluation.")
     parser.add_argument("--smoke", action="store_true", help="Minutes-scale settings for tests (numbers mean little).")
     parser.add_argument("--report-to", default="jsonl", help="Comma list: jsonl,wandb,tensorboard.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        name = os.path.basename(os.path.normpath(args.model)).removesuffix(".gguf")
+        args.output_dir = "runs/quickstart" if args.model == "tiny" else f"runs/quickstart-{name}"
+    if args.eval_episodes is None:  # a real model generates ~100x slower on a CPU: 20 keeps its eval near 12 minutes
+        args.eval_episodes = 500 if args.model == "tiny" else 20
+    return args
 
 
 SMOKE = {
@@ -53,19 +75,47 @@ SMOKE = {
 }
 
 
+# A real model in minutes: a handful of steps on short conversations (the numbers mean nothing).
+REAL_MODEL_SMOKE = {
+    "sft": ["max_steps=2", "data.episodes=6", "optim.batch_size=2", "optim.micro_batch_size=2", "save_every=0"],
+    "reward": [
+        "max_steps=2",
+        "data.pairs=4",
+        "optim.batch_size=2",
+        "optim.micro_batch_size=2",
+        "normalize.reference_samples=4",
+    ],  # fmt: skip
+    "ppo": [
+        "max_steps=1",
+        "env.episodes=4",
+        "optim.batch_size=4",
+        "optim.micro_batch_size=4",
+        "rollout.max_new_tokens=24",
+        "log_samples_every=1",
+    ],  # fmt: skip
+}
+
+
+def is_real_model(args: argparse.Namespace) -> bool:
+    return args.model != "tiny"
+
+
 def stage_args(stage: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
     out = os.path.join(args.output_dir, stage)
     report = "[" + args.report_to + "]"
+    real = is_real_model(args)
     argv = [
         "--config",
-        os.path.join(CONFIG_DIR, f"{stage}.yaml"),
+        os.path.join(REAL_MODEL_CONFIG_DIR if real else CONFIG_DIR, f"{stage}.yaml"),
         f"output_dir={out}",
         f"seed={args.seed}",
         f"report_to={report}",
         "progress=true",
         *extra,
     ]
-    return argv + (SMOKE[stage] if args.smoke else [])
+    if not args.smoke:
+        return argv
+    return argv + (REAL_MODEL_SMOKE if real else SMOKE)[stage]
 
 
 def run_stages(args: argparse.Namespace) -> dict[str, float]:
@@ -75,10 +125,12 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
     sft_final = os.path.join(args.output_dir, "sft", "final")
     rm_final = os.path.join(args.output_dir, "reward", "final")
     seconds = {}
+    base = [f"model.name_or_path={args.model}"] if is_real_model(args) else []
     for stage, module, extra in (
-        ("sft", train_sft, []),
-        # The reward model trains from its own fresh tiny backbone, as configs/quickstart/reward.yaml is measured.
-        ("reward", train_reward, []),
+        ("sft", train_sft, base),
+        # Tiny: the reward model trains from its own fresh tiny backbone, as configs/quickstart/reward.yaml is
+        # measured; a real model: from the pretrained model (not the SFT policy), as configs/smollm2/reward.yaml says.
+        ("reward", train_reward, base),
         ("ppo", train_ppo, [f"model.name_or_path={sft_final}", f"reward.model_path={rm_final}"]),
     ):
         print(f"\n=== rlagent quickstart: stage {stage} ===", flush=True)
@@ -89,25 +141,42 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
 
 
 def evaluate_both(args: argparse.Namespace) -> dict:
-    """Held-out success of the SFT and PPO policies on every environment, with the significance of the gain."""
+    """Held-out success of the SFT and PPO policies (and, for a real model, the model itself) on every environment,
+    with the significance of PPO's gain over SFT."""
     policies = {name: os.path.join(args.output_dir, name, "final") for name in ("sft", "ppo")}
+    if is_real_model(args):
+        policies = {"zero_shot": args.model, **policies}
     return evaluate_sft_vs_ppo(policies, ENV_IDS, args.eval_episodes, seed=args.seed + 10_000)
 
 
-def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
-    """{env: row} for the model folders policies["sft"] and policies["ppo"] on the same test episodes.
-
-    Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
-    policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value.
-    """
+def load_for_eval(spec: str):
+    """(model, tokenizer) of a stage output or a model spec. Plain HF folders (the tiny pipeline's) load as they
+    always have; anything else (a LoRA adapter folder, a short name, a .gguf) through rlagent.modeling, which merges
+    adapters and applies the tokenizer fix-ups the stages trained with."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlagent.config import ModelConfig
+    from rlagent.model_sources import is_hf_folder
+    from rlagent.modeling import load_causal_lm, load_tokenizer
+
+    if os.path.isdir(spec) and is_hf_folder(spec):
+        return AutoModelForCausalLM.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=0)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
+    """{env: row} for the model folders policies["sft"] and policies["ppo"] (and policies["zero_shot"] when given)
+    on the same test episodes.
+
+    Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
+    policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value (PPO vs SFT).
+    """
     from rlagent.evaluate import compare, evaluate_policy
 
-    loaded = {
-        name: (AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
-        for name, path in policies.items()
-    }
+    loaded = {name: load_for_eval(path) for name, path in policies.items()}
     results = {}
     for env_id in env_ids:
         row = {}
@@ -120,13 +189,13 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
     return results
 
 
-def print_table(results: dict, seconds: dict) -> None:
+def print_table(results: dict, seconds: dict, title: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
     from rlagent.transcripts import wording_cell
 
-    table = Table(title="rlagent quickstart: held-out (test split) results")
+    table = Table(title=f"rlagent quickstart{title}: held-out (test split) results")
     columns = (
         "environment",
         "policy",
@@ -143,12 +212,12 @@ def print_table(results: dict, seconds: dict) -> None:
         table.add_column(column)
     for env_id, row in results.items():
         for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
-            for name in ("sft", "ppo"):
+            for name in [name for name in ("zero_shot", "sft", "ppo") if name + suffix in row]:
                 r = row[name + suffix]
                 lo, hi = r["success_ci95"]
                 table.add_row(
                     env_id.removeprefix("rlagent/"),
-                    name.upper(),
+                    {"zero_shot": "zero-shot"}.get(name, name.upper()),
                     decoding,
                     f"{r['success_rate']:.1%}",
                     f"[{lo:.1%}, {hi:.1%}]",
@@ -176,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
-    print_table(results, seconds)
+    print_table(results, seconds, f" ({args.model})" if is_real_model(args) else "")
     return summary
 
 

@@ -1,0 +1,159 @@
+"""GPU check of the real-model track: SmolLM2-135M-Instruct through SFT -> reward model -> PPO (LoRA, bf16 on a GPU),
+with seconds, tokens/s and peak GPU memory per stage and held-out success of the PPO policy; then one PPO iteration
+under each accelerate launcher config (DDP, FSDP, DeepSpeed ZeRO-2) with --num_processes 1, reporting which worked.
+
+    bash bench/gpu_check.sh                # on one GPU: the useful size, <= 8 minutes
+    bash bench/gpu_check.sh --size smoke   # the same steps at minutes-scale on a CPU (numbers mean nothing)
+
+Prints one JSON line per measurement and writes them all to OUTPUT_DIR/gpu_check.json. Stages run in this process
+(as `rlagent quickstart` runs them) so that torch.cuda.max_memory_allocated is per stage after a reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+MODEL = "smollm2-135m-instruct"
+LAUNCHERS = ("ddp", "fsdp", "zero2")
+
+# Stage overrides per size. "gpu": a few minutes of one H100/H200-class GPU in bf16; "smoke": CPU minutes.
+SIZES = {
+    "gpu": {
+        "sft": ["max_steps=150", "data.episodes=400", "optim.batch_size=16", "optim.micro_batch_size=16"],
+        "reward": ["max_steps=100", "data.pairs=400", "optim.batch_size=16", "optim.micro_batch_size=16"],
+        "ppo": ["max_steps=10", "env.episodes=64", "optim.batch_size=64", "optim.micro_batch_size=16"],
+        "eval_episodes": 100,
+    },
+    "smoke": {
+        "sft": ["max_steps=2", "data.episodes=6", "optim.batch_size=2", "optim.micro_batch_size=2", "max_length=512"],
+        "reward": [
+            "max_steps=2",
+            "data.pairs=4",
+            "optim.batch_size=2",
+            "optim.micro_batch_size=2",
+            "max_length=512",
+            "normalize.reference_samples=4",
+        ],  # fmt: skip
+        "ppo": [
+            "max_steps=1",
+            "env.episodes=4",
+            "optim.batch_size=4",
+            "optim.micro_batch_size=4",
+            "rollout.max_new_tokens=24",
+        ],  # fmt: skip
+        "eval_episodes": 2,
+    },
+}
+
+
+def emit(results: list, record: dict) -> None:
+    results.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def stage_argv(stage: str, out: str, size: dict, extra: list[str]) -> list[str]:
+    config = os.path.join(CONFIGS, "smollm2", f"{stage}.yaml")
+    return ["--config", config, f"output_dir={out}/{stage}", "progress=false", "save_every=0", *size[stage], *extra]
+
+
+def tokens_processed(stage: str, summary: dict, argv: list[str]) -> float | None:
+    """Tokens through forward+backward: SFT steps x batch x mean conversation length; PPO: tokens generated (from
+    metrics); None where the stage's summary does not say."""
+    settings = dict(arg.split("=", 1) for arg in argv if "=" in arg and not arg.startswith("--"))
+    if stage == "sft" and summary.get("data/mean_tokens"):
+        return float(settings["max_steps"]) * float(settings["optim.batch_size"]) * summary["data/mean_tokens"]
+    return None
+
+
+def run_stages(out: str, size: dict, results: list) -> None:
+    from rlagent import train_ppo, train_reward, train_sft
+
+    for stage, module, extra in (
+        ("sft", train_sft, [f"model.name_or_path={MODEL}"]),
+        ("reward", train_reward, [f"model.name_or_path={MODEL}"]),
+        ("ppo", train_ppo, [f"model.name_or_path={out}/sft/final", f"reward.model_path={out}/reward/final"]),
+    ):
+        argv = stage_argv(stage, out, size, extra)
+        reset_peak()
+        t0 = time.time()
+        summary = module.main(argv) or {}
+        seconds = time.time() - t0
+        tokens = tokens_processed(stage, summary, argv)
+        emit(results, {"stage": stage, "seconds": round(seconds, 1), "peak_gpu_gib": peak_gib(),
+                       "tokens_per_s": round(tokens / seconds, 1) if tokens else None})  # fmt: skip
+
+
+def held_out(out: str, episodes: int, results: list) -> None:
+    from rlagent.evaluate import evaluate_policy
+    from rlagent.quickstart import ENV_IDS, load_for_eval
+
+    for name, spec in (("zero_shot", MODEL), ("sft", f"{out}/sft/final"), ("ppo", f"{out}/ppo/final")):
+        model, tokenizer = load_for_eval(spec)
+        for env_id in ENV_IDS:
+            reset_peak()
+            r = evaluate_policy(model, tokenizer, env_id, episodes, seed=10_000, greedy=True)
+            emit(results, {"eval": name, "env": env_id, "success_rate": r["success_rate"], "episodes": episodes,
+                           "success_ci95": r["success_ci95"], "peak_gpu_gib": peak_gib()})  # fmt: skip
+        del model
+
+
+def launcher_checks(out: str, size: dict, results: list) -> None:
+    """One PPO iteration under each accelerate config, one process; a failure is reported, never raised."""
+    if not torch.cuda.is_available():
+        emit(results, {"launchers": "skipped: no GPU (the accelerate configs are GPU configs)"})
+        return
+    for name in LAUNCHERS:
+        if name == "zero2" and importlib.util.find_spec("deepspeed") is None:
+            pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "deepspeed"], capture_output=True)
+            if pip.returncode != 0:
+                emit(results, {"launcher": name, "ok": False, "why": "pip install deepspeed failed (offline?)"})
+                continue
+        inputs = [f"model.name_or_path={out}/sft/final", f"reward.model_path={out}/reward/final"]
+        argv = stage_argv("ppo", f"{out}/launch-{name}", {"ppo": size["ppo"] + ["max_steps=1"]}, inputs)
+        cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
+               os.path.join(CONFIGS, "accelerate", f"{name}.yaml"), "--num_processes", "1",
+               os.path.join(ROOT, "rlagent", "train_ppo.py"), *argv]  # fmt: skip
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        last = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+        emit(results, {"launcher": name, "ok": proc.returncode == 0, "seconds": round(time.time() - t0, 1),
+                       "why": None if proc.returncode == 0 else last})  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="gpu" if torch.cuda.is_available() else "smoke")
+    parser.add_argument("--output-dir", default="runs/gpu_check")
+    args = parser.parse_args(argv)
+    size, results = SIZES[args.size], []
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    emit(results, {"device": device, "size": args.size, "model": MODEL})
+    run_stages(args.output_dir, size, results)
+    held_out(args.output_dir, size["eval_episodes"], results)
+    launcher_checks(args.output_dir, size, results)
+    with open(os.path.join(args.output_dir, "gpu_check.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
