@@ -167,7 +167,7 @@ def _load_merged_adapter(path: str, dtype: torch.dtype):
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """PPO_CHECKLIST B.10: dropout makes old/new log-probs disagree, so zero every Dropout (LoRA's included)."""
+    """docs/ppo.md B.10: dropout makes old/new log-probs disagree, so zero every Dropout (LoRA's included)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

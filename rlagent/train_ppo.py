@@ -575,7 +575,7 @@ class PPOTrainer:
         return metrics
 
     def metrics(self, it: Iteration) -> dict:
-        """The PPO_CHECKLIST §I metric names, averaged over processes (README "Metrics glossary")."""
+        """The metric names of docs/ppo.md §I, averaged over processes (README "Metrics glossary")."""
         traj, mask = it.traj, it.policy_mask
         out = {"objective/scores": self._mean(it.scores)}
         if not it.skipped:
