@@ -64,7 +64,9 @@ class ModelConfig:
     """Which model to load and how."""
 
     name_or_path: str = doc(
-        "'tiny' = the embedded default built offline; otherwise a local Hugging Face folder.", "tiny"
+        "'tiny' = the embedded default built offline; a local Hugging Face folder (a LoRA final/ too), a .gguf "
+        "file, or a shipped short name (smollm2-135m-instruct).",
+        "tiny",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "Weight dtype; auto = bf16 on a GPU that supports it, else fp32.", "auto"
