@@ -15,6 +15,8 @@ template that rlagent.chat_templates.prepare_tokenizer gives it), in micro-batch
 `--width` tokens so every side sees the same B x T shape. Workers are stepped one at a time, alternating
 (bench/lockstep.py), so a busy machine slows every side alike; peak RSS (ru_maxrss) is each process's own, after
 set-up (model, data, optimiser) and after the measured steps. TRL's SFTTrainer is not a side yet.
+Every side's process stays alive for the whole run: on the full model each needs ~10 GiB, so on a small machine
+pass fewer --sides (the 23 GiB development machine cannot hold three).
 """
 
 from __future__ import annotations
