@@ -39,6 +39,7 @@ BENCHMARKS = {
     "ppo_vs_trl_ppo": ["--quick"],
     "multiturn_vs_trl_grpo": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
+    "sft_real_shape": ["--quick"],
     "ppo_learning": ["--quick"],
     "kill_resume": ["--kills", "2"],
 }
@@ -207,6 +208,25 @@ def render_memory(result: dict) -> list[str]:
     return rows
 
 
+def render_sft_real_shape(result: dict) -> list[str]:
+    rows = ["| side | tokens / s | vs plain HF | peak RSS (MiB) | after set-up (MiB) |", "|---|---|---|---|---|"]
+    sides = [side for side in ("hf", "rlagent", "rlagent-lora", "lora-full") if side in result]
+    for side in sides:
+        r = result[side]
+        ratio = r["tokens_per_s"] / result["hf"]["tokens_per_s"] if "hf" in result else None
+        rows.append(
+            f"| {side} | {num(r['tokens_per_s'], 1)} | {num(ratio, 2)}x | {r['peak_rss_mib']:.0f} | "
+            f"{r['setup_rss_mib']:.0f} |"
+        )
+    fraction = result[sides[0]]["target_fraction"]
+    rows.append(
+        f"\n{result['shape']}; optimizer steps of {result['batch']} conversations in micro-batches of "
+        f"{result['micro']} x {result['width']} tokens, {result['steps']} measured step(s) per side after warm-up; "
+        f"the loss is on {100 * fraction:.0f} % of the real tokens."
+    )
+    return rows
+
+
 def render_kill_resume(r: dict) -> list[str]:
     return [
         f"- {r['stage']}: {r['kills']} kills ({r['kills_in_checkpoint_write']} inside a checkpoint write), "
@@ -223,12 +243,14 @@ RENDERERS = {
     "ppo_vs_trl_ppo": render_ppo,
     "multiturn_vs_trl_grpo": render_multiturn,
     "memory_lora_vs_full": render_memory,
+    "sft_real_shape": render_sft_real_shape,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
     "ppo_vs_trl_ppo": "Single-turn PPO: rlagent vs TRL 1.12 PPOTrainer",
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
+    "sft_real_shape": "SFT at a real vocabulary (SmolLM2-135M): rlagent step vs plain HF step, speed and peak RSS",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
     "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
 }

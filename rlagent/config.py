@@ -73,6 +73,9 @@ class ModelConfig:
     )
     tiny: TinyModelConfig = doc("Size of the tiny default model.", factory=TinyModelConfig)
     lora: LoraConfig = doc("LoRA adapters.", factory=LoraConfig)
+    selective_head: bool = doc(
+        "Apply the output head only at the positions a loss uses, in chunks (false = full B x T x V logits).", True
+    )
 
 
 @dataclass

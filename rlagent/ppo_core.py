@@ -11,6 +11,7 @@ Masked positions may hold anything (even inf/nan): every reduction selects with 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Log-probs, entropy, values: shift model outputs onto token positions
@@ -43,6 +44,63 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         logp = torch.log_softmax(row_logits[:-1].to(dtype) / temperature, dim=-1)
         rows.append(-(logp.exp() * logp).sum(-1))
     return _prepend_zero(torch.stack(rows))
+
+
+def selected_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob of `targets` (and the entropy) from hidden states and the output head, chunk by chunk.
+
+    Shape: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) -> logprobs (N,), entropy (N,) or None,
+    fp32 (fp64 if hidden is fp64). Row n is `token_logprobs` / `token_entropy` of logits hidden[n] @ weight.T + bias:
+    the logits are made in the head's dtype, as the model's own head makes them, then scaled in fp32. Only
+    `chunk_size x V` logits exist at a time: with gradients on, each chunk is checkpointed, so backward recomputes
+    its logits instead of keeping all N x V of them (peak memory O(chunk_size x V) in both passes).
+    """
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"hidden has {hidden.shape[0]} rows but targets has {targets.shape[0]}")
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    logps, entropies = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[start : start + chunk_size], weight, bias, targets[start : start + chunk_size])
+        if needs_grad:
+            logp, entropy = checkpoint(_chunk_logprobs, *args, temperature, with_entropy, use_reentrant=False)
+        else:
+            logp, entropy = _chunk_logprobs(*args, temperature, with_entropy)
+        logps.append(logp)
+        entropies.append(entropy)
+    if not logps:  # no selected position: empty results that still carry the dtype (and graph) of the inputs
+        empty = (hidden[:0] @ weight[:0].T).sum(-1).to(torch.promote_types(hidden.dtype, torch.float32))
+        return empty, (empty if with_entropy else None)
+    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+
+
+def _chunk_logprobs(hidden, weight, bias, targets, temperature: float, with_entropy: bool):
+    logits = torch.nn.functional.linear(hidden, weight, bias)  # (c, V) in the head's dtype, like lm_head
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    normaliser = torch.logsumexp(scaled, dim=-1)
+    logp = scaled.gather(-1, targets[:, None]).squeeze(-1) - normaliser
+    if not with_entropy:
+        return logp, None
+    log_softmax = scaled - normaliser[:, None]
+    return logp, -(log_softmax.exp() * log_softmax).sum(-1)
+
+
+def selected_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk_size: int = 512
+) -> torch.Tensor:
+    """Summed cross-entropy of `targets` (the SFT loss), chunked like `selected_logprobs`; a 0-dim fp32 tensor.
+
+    Shape: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) -> ().
+    """
+    logp, _ = selected_logprobs(hidden, weight, bias, targets, 1.0, chunk_size, with_entropy=False)
+    return -logp.sum()
 
 
 def align_values(value_head_out: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from transformers import AutoModelForTokenClassification
 import rlagent.ppo_core as core
 from rlagent.config import ConfigError
 from rlagent.modeling import apply_lora, check_local_path, disable_dropout, load_causal_lm
+from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
 from rlagent.ppo_core import align_values, token_entropy, token_logprobs
 
 
@@ -77,10 +78,36 @@ def reference_context(policy, reference):
         yield policy
 
 
-def forward_policy(model, input_ids, attention_mask, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies (B, T). Right padding only, so positions of real tokens start at 0."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return token_logprobs(logits, input_ids, temperature), token_entropy(logits, temperature)
+def forward_policy(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float,
+    positions: torch.Tensor | None = None,
+    selective: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies (B, T). Right padding only, so positions of real tokens start at 0.
+
+    `positions` (B, T) marks the tokens whose log-prob a loss uses (the policy mask); None = every token. With
+    `selective` (model.selective_head) and a head that allows it, the head runs only there (rlagent.output_head)
+    and the other positions hold 0; otherwise full logits, and every position holds its value.
+    """
+    head = output_head(model) if selective else None
+    if head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return token_logprobs(logits, input_ids, temperature), token_entropy(logits, temperature)
+    if positions is None:
+        positions = torch.ones_like(input_ids, dtype=torch.bool)
+    hidden, (rows, columns) = hidden_before(model, input_ids, attention_mask, positions)
+    logp, entropy = core.selected_logprobs(
+        hidden, head.weight, head.bias, input_ids[rows, columns], temperature, CHUNK_TOKENS
+    )
+    return _scatter(logp, rows, columns, input_ids.shape), _scatter(entropy, rows, columns, input_ids.shape)
+
+
+def _scatter(values: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, shape) -> torch.Tensor:
+    """(N,) values at (rows, columns) of a zero (B, T) tensor, differentiably."""
+    return values.new_zeros(shape).index_put((rows, columns), values)
 
 
 def forward_value(model, input_ids, attention_mask) -> torch.Tensor:
@@ -90,9 +117,13 @@ def forward_value(model, input_ids, attention_mask) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batched(fn, input_ids, attention_mask, micro: int):
-    """Apply a (B,T)->(B,T) forward in micro-batches without gradients; concatenates tuple outputs too."""
-    outs = [fn(input_ids[i : i + micro], attention_mask[i : i + micro]) for i in range(0, len(input_ids), micro)]
+def batched(fn, input_ids, attention_mask, micro: int, *extra: torch.Tensor):
+    """Apply a (B,T)->(B,T) forward in micro-batches without gradients; concatenates tuple outputs too. `extra`
+    (B, T) tensors (e.g. the policy mask) are sliced alike and passed after the attention mask."""
+    outs = [
+        fn(input_ids[i : i + micro], attention_mask[i : i + micro], *(x[i : i + micro] for x in extra))
+        for i in range(0, len(input_ids), micro)
+    ]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
@@ -128,7 +159,14 @@ def ppo_minibatch_step(
     for m in range(n_micro):
         rows = idx[m * micro : (m + 1) * micro]
         mb = {k: v[rows].to(accelerator.device) for k, v in batch.items()}
-        logp, entropy = forward_policy(policy, mb["input_ids"], mb["attention_mask"], cfg.rollout.temperature)
+        logp, entropy = forward_policy(
+            policy,
+            mb["input_ids"],
+            mb["attention_mask"],
+            cfg.rollout.temperature,
+            mb["policy_mask"],
+            cfg.model.selective_head,
+        )
         pg_loss, pg_stats = core.policy_loss(
             logp,
             mb["old_logprobs"],

@@ -512,9 +512,14 @@ class PPOTrainer:
         traj, device, temperature = it.traj, self.accelerator.device, self.cfg.rollout.temperature
         ids, attn = traj.input_ids.to(device), traj.attention_mask.to(device)
         micro, policy, value = self.cfg.optim.micro_batch_size, self.policy, self.value
-        it.old_logprobs, _ = batched(lambda a, b: forward_policy(policy, a, b, temperature), ids, attn, micro)
+        sel, mask = self.cfg.model.selective_head, it.policy_mask.to(device)  # log-probs needed on policy tokens only
+        it.old_logprobs, _ = batched(
+            lambda a, b, m: forward_policy(policy, a, b, temperature, m, sel), ids, attn, micro, mask
+        )
         with reference_context(self.accelerator.unwrap_model(policy), self.reference) as ref:
-            it.ref_logprobs, _ = batched(lambda a, b: forward_policy(ref, a, b, temperature), ids, attn, micro)
+            it.ref_logprobs, _ = batched(
+                lambda a, b, m: forward_policy(ref, a, b, temperature, m, sel), ids, attn, micro, mask
+            )
         it.old_values = (
             batched(lambda a, b: forward_value(value, a, b), ids, attn, micro)
             if value is not None

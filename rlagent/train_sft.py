@@ -28,6 +28,8 @@ from rlagent.data import (
 )
 from rlagent.fit import SupervisedConfig, SupervisedTask, fit
 from rlagent.modeling import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
+from rlagent.ppo_core import selected_cross_entropy_sum
 from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
 
 
@@ -106,12 +108,21 @@ def to_device(rows: list[TokenizedConversation], pad_id: int, device) -> dict[st
     return {k: v.to(device) for k, v in collate_right_padded(rows, pad_id).items()}
 
 
-def token_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over assistant tokens (logits at t score token t+1) and the token count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
+def token_loss_sum(model, batch: dict, selective: bool = True) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over assistant tokens (logits at t score token t+1) and the token count.
+
+    `selective` (model.selective_head): the output head runs on assistant positions only, in chunks
+    (rlagent.output_head); otherwise, or when the head does not allow it, on full logits.
+    """
+    labels = batch["labels"]
+    count = int((labels[:, 1:] != -100).sum())
+    head = output_head(model) if selective else None
+    if head is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        flat_logits, flat_labels = logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten()
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum"), count
+    hidden, (rows, columns) = hidden_before(model, batch["input_ids"], batch["attention_mask"], labels != -100)
+    return selected_cross_entropy_sum(hidden, head.weight, head.bias, labels[rows, columns], CHUNK_TOKENS), count
 
 
 def count_targets(rows: list[TokenizedConversation]) -> int:
@@ -119,19 +130,21 @@ def count_targets(rows: list[TokenizedConversation]) -> int:
     return sum(sum(r.assistant_mask[1:]) for r in rows)
 
 
-def micro_batch_loss(model, rows: list[TokenizedConversation], pad_id: int, device) -> tuple[torch.Tensor, dict]:
+def micro_batch_loss(
+    model, rows: list[TokenizedConversation], pad_id: int, device, selective: bool = True
+) -> tuple[torch.Tensor, dict]:
     """fit()'s loss_sums: the summed token loss, which is also the one metric summed (train/loss)."""
-    loss, _ = token_loss_sum(model, to_device(rows, pad_id, device))
+    loss, _ = token_loss_sum(model, to_device(rows, pad_id, device), selective)
     return loss, {"loss": loss}
 
 
 @torch.no_grad()
-def evaluate(model, rows: list, pad_id: int, micro: int, device) -> dict:
+def evaluate(model, rows: list, pad_id: int, micro: int, device, selective: bool = True) -> dict:
     """Held-out token-mean loss (eval/loss)."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(rows), micro):
-        loss, n = token_loss_sum(model, to_device(rows[i : i + micro], pad_id, device))
+        loss, n = token_loss_sum(model, to_device(rows[i : i + micro], pad_id, device), selective)
         total, count = total + float(loss), count + n
     model.train()
     return {"eval/loss": total / max(count, 1)}
@@ -160,9 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"{data_stats['data/truncated']} truncated to {cfg.max_length} tokens",
         train_set=train_set,
         eval_set=eval_set,
-        loss_sums=lambda model, rows: micro_batch_loss(model, rows, pad_id, device),
+        loss_sums=lambda model, rows: micro_batch_loss(model, rows, pad_id, device, cfg.model.selective_head),
         units=count_targets,
-        evaluate=lambda model: evaluate(model, eval_set, pad_id, cfg.optim.micro_batch_size, device),
+        evaluate=lambda model: evaluate(
+            model, eval_set, pad_id, cfg.optim.micro_batch_size, device, cfg.model.selective_head
+        ),
         throughput="train/tokens_per_s",
         progress=lambda m: {"loss": m["train/loss"], "lr": m["train/lr"], "tok_s": round(m["train/tokens_per_s"])},
     )

@@ -43,6 +43,7 @@ LAYERS = {
         "rlagent.transcripts",
         "rlagent.ppo_core",
         "rlagent.ppo_models",
+        "rlagent.output_head",
         "rlagent.ppo_schedule",
         "rlagent.tracking",
         "rlagent.training",

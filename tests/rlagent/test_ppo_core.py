@@ -68,6 +68,87 @@ def test_token_logprobs_bf16_logits_are_computed_in_fp32_and_differentiable():
     assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
 
 
+def test_selected_logprobs_hand_example_temperature_2():
+    # Identity head (V = H = 3), so the logits are the hidden states of hand_logits(): the same two answers.
+    logits, ids = hand_logits()
+    hidden, weight = logits[0, :2], torch.eye(3, dtype=F64)
+    logp, entropy = core.selected_logprobs(hidden, weight, None, ids[0, 1:], temperature=2.0, chunk_size=1)
+    close(logp, [math.log(0.5), math.log(0.6)])
+    close(entropy, [1.5 * math.log(2), -(0.4 * math.log(0.2) + 0.6 * math.log(0.6))])
+    # A bias is added before the temperature: bias [0, 0, -2 ln 2] undoes row 0's ln 4 -> uniform, ln(1/3).
+    bias = torch.tensor([0.0, 0.0, -2 * math.log(2)], dtype=F64)
+    close(core.selected_logprobs(hidden[:1], weight, bias, ids[0, 1:2], 2.0)[0], [math.log(1 / 3)])
+
+
+def selected_vs_full(dtype, chunk_size: int, temperature: float = 0.7):
+    """(selected, full) log-probs, entropies and the gradients of one loss on both to hidden, weight and bias."""
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(10, 6, generator=g, dtype=dtype)
+    weight, bias = torch.randn(13, 6, generator=g, dtype=dtype), torch.randn(13, generator=g, dtype=dtype)
+    targets = torch.randint(0, 13, (10,), generator=g)
+    coef_logp, coef_ent = torch.randn(10, generator=g, dtype=dtype), torch.randn(10, generator=g, dtype=dtype)
+    results = []
+    for selective in (True, False):
+        leaves = [x.clone().requires_grad_() for x in (hidden, weight, bias)]
+        if selective:
+            logp, ent = core.selected_logprobs(*leaves, targets, temperature, chunk_size)
+        else:  # the full path: all logits at once, then the (B, T) functions on one row of positions
+            logits = torch.nn.functional.linear(*leaves)[None]
+            ids = torch.cat([targets.new_zeros(1), targets])[None]
+            padded = torch.cat([logits, logits[:, :1]], 1)  # the last position scores nothing
+            logp, ent = (
+                core.token_logprobs(padded, ids, temperature)[0, 1:],
+                core.token_entropy(padded, temperature)[0, 1:],
+            )
+        ((logp * coef_logp).sum() + (ent * coef_ent).sum()).backward()
+        results.append((logp.detach(), ent.detach(), *(x.grad for x in leaves)))
+    return results
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 10, 64])
+def test_selected_logprobs_values_and_gradients_equal_the_full_logits_path_fp32(chunk_size):
+    selected, full = selected_vs_full(torch.float32, chunk_size)
+    for name, a, b in zip(["logp", "entropy", "d hidden", "d weight", "d bias"], selected, full):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_selected_cross_entropy_sum_equals_torch_cross_entropy():
+    g = torch.Generator().manual_seed(4)
+    hidden, weight = torch.randn(9, 5, generator=g, dtype=F64), torch.randn(17, 5, generator=g, dtype=F64)
+    targets = torch.randint(0, 17, (9,), generator=g)
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    close(core.selected_cross_entropy_sum(hidden, weight, None, targets, chunk_size=4), expected)
+
+
+def test_selected_logprobs_keeps_no_logits_for_backward():
+    """With gradients on, the autograd graph holds the inputs of each chunk, never its chunk x V logits: what the
+    forward saves stays far below one N x V tensor (without checkpointing it is about 3 N x V). Each chunk saves
+    the same weight again, so storage is counted once."""
+    n, vocab, width = 64, 4096, 8
+    hidden = torch.randn(n, width, requires_grad=True)
+    weight = torch.randn(vocab, width, requires_grad=True)
+    saved = {}
+
+    def pack(x):
+        saved[x.data_ptr()] = x.numel()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        logp, entropy = core.selected_logprobs(hidden, weight, None, torch.zeros(n, dtype=torch.long), chunk_size=16)
+    assert sum(saved.values()) < n * vocab / 4, saved
+    (logp.sum() + entropy.sum()).backward()
+    assert hidden.grad is not None and weight.grad is not None
+
+
+def test_selected_logprobs_with_no_position_is_empty_and_differentiable():
+    hidden, weight = torch.randn(0, 4, requires_grad=True), torch.randn(7, 4, requires_grad=True)
+    logp, entropy = core.selected_logprobs(hidden, weight, None, torch.zeros(0, dtype=torch.long))
+    assert logp.shape == entropy.shape == (0,) and logp.dtype == torch.float32
+    (logp.sum() + entropy.sum()).backward()
+    assert weight.grad is not None and (weight.grad == 0).all()
+
+
 def test_align_values_shifts_right():
     close(core.align_values(t([[1.0, 2.0, 3.0]])), [[0.0, 1.0, 2.0]])
 

@@ -84,6 +84,28 @@ def test_first_minibatch_ratio_is_exactly_one():
     assert stats["policy/clipfrac"] == 0.0
 
 
+def test_minibatch_step_selective_head_equals_full_logits():
+    """model.selective_head on and off: the same stats and the same gradients (float tolerance), with the policy
+    and the critic both training; the ratio starts at 1 on either path."""
+    policy, value, batch = synthetic_batch()
+    results = []
+    for selective in ("true", "false"):
+        p, v = copy.deepcopy(policy), copy.deepcopy(value)
+        cfg = load_config(
+            PPOConfig, None, ["optim.batch_size=8", "optim.micro_batch_size=4", f"model.selective_head={selective}"]
+        )
+        opt = torch.optim.SGD(list(p.parameters()) + list(v.parameters()), lr=0.0)
+        opt.zero_grad = lambda set_to_none=True: None  # keep the gradients for inspection
+        stats = ppo_minibatch_step(cfg, make_accelerator(), p, v, opt, batch, list(range(8)), True)
+        results.append((stats, [q.grad.clone() for q in list(p.parameters()) + list(v.parameters())]))
+    (stats_a, grads_a), (stats_b, grads_b) = results
+    assert stats_a.keys() == stats_b.keys()
+    for key in stats_a:
+        assert stats_a[key] == pytest.approx(stats_b[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_environment_tokens_get_no_gradient():
     """Changing targets (advantages, returns, old log-probs) on environment tokens changes no gradient."""
     policy, value, batch = synthetic_batch()
