@@ -159,22 +159,10 @@ def ppo_minibatch_step(
     for m in range(n_micro):
         rows = idx[m * micro : (m + 1) * micro]
         mb = {k: v[rows].to(accelerator.device) for k, v in batch.items()}
-        logp, entropy = forward_policy(
-            policy,
-            mb["input_ids"],
-            mb["attention_mask"],
-            cfg.rollout.temperature,
-            mb["policy_mask"],
-            cfg.model.selective_head,
-        )
+        ids, attn, mask = mb["input_ids"], mb["attention_mask"], mb["policy_mask"]
+        logp, entropy = forward_policy(policy, ids, attn, cfg.rollout.temperature, mask, cfg.model.selective_head)
         pg_loss, pg_stats = core.policy_loss(
-            logp,
-            mb["old_logprobs"],
-            mb["advantages"],
-            mb["policy_mask"],
-            cfg.algo.clip_eps,
-            cfg.algo.dual_clip,
-            normaliser,
+            logp, mb["old_logprobs"], mb["advantages"], mask, cfg.algo.clip_eps, cfg.algo.dual_clip, normaliser
         )
         ent = (entropy * mb["policy_mask"]).sum() / normaliser
         loss = (pg_loss - cfg.algo.ent_coef * ent) if train_policy else 0.0 * pg_loss
