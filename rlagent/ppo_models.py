@@ -138,7 +138,7 @@ def ppo_minibatch_step(
 ) -> dict | None:
     """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
 
-    `cfg` is the PPO stage config (rlagent.train_ppo.PPOConfig), taken whole because it reads three sections: algo
+    `cfg` is the PPO stage config (rlagent.ppo_config.PPOConfig), taken whole because it reads three sections: algo
     (losses), optim (micro-batch, clipping) and rollout.temperature. The loss is a token mean over the GLOBAL
     minibatch: sum over this rank's tokens divided by the all-reduced policy-token count, times the process count
     because DDP averages gradients (docs/ppo.md G.27); a rank with no token of its own still runs its passes and

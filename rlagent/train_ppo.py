@@ -8,7 +8,7 @@ From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()]) 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
 were all dropped by scoring (missing end-of-turn with reward.missing_eos=mask, non-finite scores) skips 3-7 on every
-process. All math lives in rlagent/ppo_core.py.
+process. All math lives in rlagent/ppo_core.py; the config sections in rlagent/ppo_config.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from trl.models.utils import unwrap_model_for_generation
@@ -27,8 +26,17 @@ from trl.models.utils import unwrap_model_for_generation
 from reward_models.combine import combine_rewards
 from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
 from rlagent import ppo_core as core
-from rlagent.config import ConfigError, ModelConfig, OptimConfig, StageConfig, doc, parse_args, run_main, save_config
+from rlagent.config import ConfigError, parse_args, run_main, save_config
 from rlagent.modeling import count_parameters, load_tokenizer
+from rlagent.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
+    AlgoConfig,
+    CurriculumConfig,
+    EnvConfig,
+    PPOConfig,
+    RolloutConfig,
+    ScoreConfig,
+    ValueConfig,
+)
 from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, ppo_epochs, reference_context
 from rlagent.ppo_schedule import Curriculum, episode_seeds, sample_rows
 from rlagent.rollout import ModelPolicy, Trajectory, make_envs, run_episodes
@@ -45,129 +53,6 @@ from rlagent.training import (
 
 # TRL's unwrap_model_for_generation reads a transformers attribute deprecated in v5; the warning is not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-@dataclass
-class EnvConfig:
-    """Which environments to play and how many episodes per iteration."""
-
-    ids: list[str] = doc(
-        "Environment ids; episodes are split evenly between them.", factory=lambda: ["rlagent/Calculator-v0"]
-    )
-    episodes: int = doc("Episodes per iteration over all processes (the rollout batch).", 32)
-    split: Literal["train", "test"] = doc("Task split to train on.", "train")
-    wrappers: str | None = doc(
-        "Robustness wrappers to train under, e.g. 'prompt_injection:0.1,tool_faults:0.1:timeout' (envs.wrappers); "
-        "null = none.",
-        None,
-    )
-
-
-@dataclass
-class RolloutConfig:
-    """Sampling during rollouts (plain temperature sampling, no top-k/top-p)."""
-
-    max_new_tokens: int = doc("Longest assistant turn in tokens.", 96)
-    temperature: float = doc("Sampling temperature; the same value divides logits in every log-prob pass.", 1.0)
-    max_total_tokens: int = doc("Longest episode (prompt + all turns) in tokens.", 1024)
-
-
-@dataclass
-class ScoreConfig:
-    """How episodes are scored (YAML section `reward:`; stage 2's config is train_reward.RewardConfig)."""
-
-    model_path: str | None = doc("Stage-2 reward model folder (its final/); null = environment reward only.", None)
-    env_weight: float = doc("Weight of the environment's verifiable reward.", 1.0)
-    rm_weight: float = doc("Weight of the normalised reward-model score.", 0.0)
-    functions: list[str] = doc(
-        "Python reward functions of a finished episode, 'module:fn' each: fn(messages, tools, info) -> float "
-        "(reward_models.functions); logged as reward/<fn>.",
-        factory=list,
-    )
-    function_weights: list[float] | None = doc("Weight of each reward function, in order; null = 1 each.", None)
-    missing_eos: Literal["penalty", "mask", "none"] = doc(
-        "Episodes with a turn that hit max_new_tokens: subtract missing_eos_penalty, drop them from the loss, or "
-        "nothing.",
-        "penalty",
-    )
-    missing_eos_penalty: float = doc("Subtracted from the score when missing_eos is 'penalty'.", 1.0)
-    max_skipped_iterations: int = doc(
-        "Stop the run after this many iterations in a row with no policy token left to learn from (every episode "
-        "dropped by missing_eos='mask' or a non-finite score).",
-        3,
-    )
-
-
-@dataclass
-class ValueConfig:
-    """The critic."""
-
-    init: Literal["policy", "reward_model"] = doc(
-        "Initialise from the policy backbone (zero head) or the reward model.", "policy"
-    )
-    lr: float = doc("Critic learning rate.", 1e-3)
-    warmup_iterations: int = doc("Iterations that train only the critic before the policy moves.", 0)
-
-
-@dataclass
-class AlgoConfig:
-    """PPO hyper-parameters."""
-
-    estimator: Literal["gae", "grpo", "rloo"] = doc(
-        "Advantages: GAE with the critic, or critic-free grpo / rloo.", "gae"
-    )
-    group_size: int = doc("Samples per task for grpo / rloo.", 4)
-    gamma: float = doc("Discount over tokens.", 1.0)
-    lam: float = doc("GAE lambda.", 0.95)
-    whiten_advantages: bool = doc("Whiten advantages over policy tokens once per rollout batch.", True)
-    ppo_epochs: int = doc("Passes over each rollout batch.", 2)
-    clip_eps: float = doc("Policy ratio clip epsilon.", 0.2)
-    dual_clip: float | None = doc("Dual-clip constant c > 1 for negative advantages (null = off).", None)
-    value_clip_eps: float | None = doc("Value clip around the old values (null = off).", 0.2)
-    vf_coef: float = doc("Weight of the value loss.", 0.5)
-    ent_coef: float = doc("Entropy bonus weight (0 is usual for LLMs; entropy is always logged).", 0.0)
-    kl_estimator: Literal["k1", "k2", "k3"] = doc("Per-token KL estimator in the reward.", "k1")
-    kl_clamp: float = doc("Clamp per-token KL estimates to this magnitude.", 10.0)
-    kl_coef: float = doc("Initial KL penalty coefficient beta.", 0.05)
-    adaptive_kl: bool = doc("Adapt beta towards kl_target (Ziegler et al.).", False)
-    kl_target: float = doc("Target KL in nats per EPISODE (sum over policy tokens, batch mean).", 2.0)
-    kl_horizon: int = doc("Adaptive-KL horizon in episodes.", 10000)
-    target_approx_kl: float | None = doc("Stop PPO epochs early when approx_kl > 1.5 x this (null = never).", None)
-
-
-@dataclass
-class CurriculumConfig:
-    """Raise task difficulty when the agent is ready."""
-
-    enabled: bool = doc("Turn the curriculum on.", False)
-    start: int = doc("Starting difficulty level.", 1)
-    max_level: int = doc("Highest difficulty level.", 3)
-    threshold: float = doc("Rolling success rate that moves an environment to the next level.", 0.8)
-    window: int = doc("Episodes in the rolling success window.", 64)
-
-
-@dataclass
-class PPOConfig(StageConfig):
-    """Multi-turn PPO for tool-using agents."""
-
-    output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/ppo")
-    max_steps: int = doc("PPO iterations (rollout + update).", 30)
-    model: ModelConfig = doc("Policy to start from (usually the SFT output's final/).", factory=ModelConfig)
-    optim: OptimConfig = doc(
-        "Policy optimiser; batch_size = episodes per minibatch (one optimizer step).",
-        factory=lambda: OptimConfig(lr=3e-4, schedule="constant", warmup_ratio=0.0, batch_size=16, micro_batch_size=8),
-    )
-    env: EnvConfig = doc("Environments.", factory=EnvConfig)
-    rollout: RolloutConfig = doc("Sampling.", factory=RolloutConfig)
-    reward: ScoreConfig = doc("Scoring.", factory=ScoreConfig)
-    value: ValueConfig = doc("Critic.", factory=ValueConfig)
-    algo: AlgoConfig = doc("PPO hyper-parameters.", factory=AlgoConfig)
-    curriculum: CurriculumConfig = doc("Difficulty curriculum.", factory=CurriculumConfig)
-    log_samples_every: int = doc("Log a table of sample trajectories every N iterations (0 = never).", 10)
-    save_every: int = doc("Checkpoint every N iterations (0 = only at the end).", 10)
-    inject_nan_reward_at: int | None = doc(
-        "Fault injection for tests: NaN score for episode 0 at this iteration.", None
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

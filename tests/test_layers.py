@@ -48,6 +48,7 @@ LAYERS = {
         "rlagent.tracking",
         "rlagent.training",
         "rlagent.fit",
+        "rlagent.ppo_config",
     },
     # Entry points: one script per stage, eval, the rollout CLI, the quickstart and the `rlagent` command.
     "stages": {
