@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-from rlagent.data import check_input_file
-
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key, the file and (when known) the line."""
@@ -109,6 +107,8 @@ class DataSourceConfig:
         """data.path when source is 'file': set, and an existing file."""
         if not self.path:
             raise ConfigError("data.path must be set when data.source is 'file'")
+        from rlagent.data import check_input_file  # lazily: data imports torch, and the CLI's config precheck must not
+
         check_input_file(self.path, "data.path")
         return self.path
 
