@@ -31,6 +31,8 @@ def load_value_model(init: str, policy, rm_path: str | None, dtype):
         value = AutoModelForTokenClassification.from_pretrained(rm_path, num_labels=1, local_files_only=True)
     else:
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        if any("lora_" in name for name, _ in base.named_parameters()):
+            raise ValueError("load_value_model(init='policy') needs the policy before LoRA adapters are applied")
         config = copy.deepcopy(base.config)
         config.num_labels = 1
         value = AutoModelForTokenClassification.from_config(config)
@@ -52,12 +54,13 @@ def load_models(cfg, tokenizer):
     if not cfg.model.lora.enabled:
         # A separate frozen copy (docs/ppo.md H.31): the reference must be the starting policy.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    value = None
+    if cfg.algo.estimator == "gae":
+        # Before apply_lora: init='policy' copies the plain backbone (a LoRA-wrapped one has lora_* keys and layers).
+        value = load_value_model(cfg.value.init, policy, cfg.reward.model_path, next(policy.parameters()).dtype)
     # With LoRA, the reference is the base with adapters disabled — valid because the base IS the starting policy.
     policy = apply_lora(policy, cfg.model)
     disable_dropout(policy)
-    value = None
-    if cfg.algo.estimator == "gae":
-        value = load_value_model(cfg.value.init, policy, cfg.reward.model_path, next(policy.parameters()).dtype)
     reward_model = None
     if cfg.reward.model_path and cfg.reward.rm_weight != 0:
         import reward_models

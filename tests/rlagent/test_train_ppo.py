@@ -330,3 +330,25 @@ def test_some_episodes_masked_still_update_and_reset_the_streak(tmp_path):
         assert metrics["train/skipped_iteration"] == 0.0 and metrics["eos_rate"] == 0.5
         assert math.isfinite(metrics["policy/loss"]) and metrics["policy/minibatch_updates"] == 2.0
     assert_metrics_documented(tmp_path)
+
+
+def test_value_init_policy_with_lora_copies_the_plain_backbone():
+    """value.init=policy under LoRA: the critic is the starting policy's backbone, with no adapter layers in it."""
+    from rlagent.ppo_models import load_models
+
+    overrides = ["model.lora.enabled=true", "model.lora.r=4", "value.init=policy", "reward.rm_weight=0"]
+    overrides += ["model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2"]
+    cfg = load_config(PPOConfig, None, overrides + ["model.tiny.intermediate_size=64"])
+    policy, reference, value, _ = load_models(cfg, build_tiny_tokenizer())
+    assert reference is None and value is not None
+    value_state = value.model.state_dict()
+    assert not any("lora_" in key for key in value_state)
+    with policy.disable_adapter():
+        base = policy.get_base_model().model
+        plain = {key.replace(".base_layer", ""): t for key, t in base.state_dict().items() if "lora_" not in key}
+    assert plain.keys() == value_state.keys()
+    for key, tensor in value_state.items():
+        assert torch.equal(tensor, plain[key]), key
+    assert torch.count_nonzero(value.score.weight) == 0
+    with pytest.raises(ValueError, match="before LoRA"):
+        load_value_model("policy", policy, None, torch.float32)
