@@ -189,6 +189,24 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSA
     return get_peft_model(model, lora)
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel, cfg: ModelConfig) -> None:
+    """Activation checkpointing per decoder layer when cfg.gradient_checkpointing (only active in train mode)."""
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: gradients reach LoRA weights inside a layer although its input (from frozen embeddings)
+        # does not require grad, so no enable_input_require_grads hook is needed.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def make_trainable(model: PreTrainedModel, cfg: ModelConfig, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    """A loaded model about to be trained: activation checkpointing, then LoRA adapters, as the config says."""
+    enable_gradient_checkpointing(model, cfg)
+    return apply_lora(model, cfg, task_type)
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

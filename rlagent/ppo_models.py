@@ -14,7 +14,13 @@ from transformers import AutoModelForTokenClassification
 
 import rlagent.ppo_core as core
 from rlagent.config import ConfigError
-from rlagent.modeling import apply_lora, check_local_path, disable_dropout, load_causal_lm
+from rlagent.modeling import (
+    check_local_path,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    make_trainable,
+)
 from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
 from rlagent.ppo_core import align_values, token_entropy, token_logprobs
 
@@ -58,8 +64,9 @@ def load_models(cfg, tokenizer):
     if cfg.algo.estimator == "gae":
         # Before apply_lora: init='policy' copies the plain backbone (a LoRA-wrapped one has lora_* keys and layers).
         value = load_value_model(cfg.value.init, policy, cfg.reward.model_path, next(policy.parameters()).dtype)
+        enable_gradient_checkpointing(value, cfg.model)
     # With LoRA, the reference is the base with adapters disabled — valid because the base IS the starting policy.
-    policy = apply_lora(policy, cfg.model)
+    policy = make_trainable(policy, cfg.model)
     disable_dropout(policy)
     reward_model = None
     if cfg.reward.model_path and cfg.reward.rm_weight != 0:

@@ -38,7 +38,7 @@ from reward_models.scoring import (
 from rlagent.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
 from rlagent.data import DataError, write_jsonl
 from rlagent.fit import SupervisedConfig, SupervisedTask, fit
-from rlagent.modeling import apply_lora, disable_dropout, load_tokenizer
+from rlagent.modeling import disable_dropout, load_tokenizer, make_trainable
 from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
 
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set, eval_set, reference, data_stats = prepare_data(cfg, tokenizer)
 
     # 2. Model: scalar head N(0, 1/√(d+1)), dropout off.
-    model = apply_lora(load_reward_backbone(cfg.model, tokenizer, cfg.seed), cfg.model, task_type="SEQ_CLS")
+    model = make_trainable(load_reward_backbone(cfg.model, tokenizer, cfg.seed), cfg.model, task_type="SEQ_CLS")
     disable_dropout(model)
 
     # 3. The shared supervised loop (optimiser, resume, micro-batches, eval, early stopping, checkpoints, tracking).

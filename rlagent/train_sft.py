@@ -27,7 +27,7 @@ from rlagent.data import (
     tokenized_dataset,
 )
 from rlagent.fit import SupervisedConfig, SupervisedTask, fit
-from rlagent.modeling import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+from rlagent.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
 from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
 from rlagent.ppo_core import selected_cross_entropy_sum
 from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set, eval_set, data_stats = prepare_data(cfg, tokenizer, accelerator.process_index)
 
     # 2. Model (dropout off).
-    model = apply_lora(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
+    model = make_trainable(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
     disable_dropout(model)
 
     # 3. The shared supervised loop (optimiser, resume, micro-batches, eval, early stopping, checkpoints, tracking).

@@ -129,3 +129,39 @@ def test_head_removed_restores_the_head_when_the_forward_fails():
         assert isinstance(model.lm_head, torch.nn.Identity)
         raise RuntimeError("forward failed")
     assert model.lm_head is head and model.get_output_embeddings() is head
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(lora):
+    """model.gradient_checkpointing: each decoder layer's body runs again in the backward pass (so activations were not
+    kept), and the PPO loss and every trainable gradient match the plain path."""
+    from rlagent.modeling import make_trainable
+
+    ids, attention, mask = batch()
+    results = []
+    for checkpointing in (False, True):
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(
+            TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tok, 0
+        )
+        lora_cfg = LoraConfig(enabled=lora, r=4, target_modules=["q_proj", "v_proj"])
+        torch.manual_seed(0)  # PEFT draws lora_A from the global generator
+        model = make_trainable(model, ModelConfig(lora=lora_cfg, gradient_checkpointing=checkpointing))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.1, generator=torch.Generator().manual_seed(2))
+        model.train()
+        calls = []
+        layer = model.get_base_model().model.layers[0] if lora else model.model.layers[0]
+        # A wrapped forward, not a hook: torch does not fire module hooks while it recomputes a checkpoint.
+        mlp_forward = layer.mlp.forward
+        layer.mlp.forward = lambda *args, **kwargs: calls.append(1) or mlp_forward(*args, **kwargs)
+        logp, entropy = forward_policy(model, ids, attention, 1.0, mask, True)
+        loss = core.masked_sum(logp + 0.1 * entropy, mask.bool())
+        results.append((loss.detach(), grads_of(model, loss), len(calls)))
+    (loss_a, grads_a, calls_a), (loss_b, grads_b, calls_b) = results
+    assert (calls_a, calls_b) == (1, 2)
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -33,10 +33,10 @@ def test_pipeline_on_a_truncated_smollm2(truncated, tmp_path):
     stage("sft", f"output_dir={sft}", f"model.name_or_path={truncated}", "max_steps=2", "data.episodes=6", *batch,
           *SHORT)  # fmt: skip
     stage("reward", f"output_dir={reward}", f"model.name_or_path={truncated}", "max_steps=2", "data.pairs=4",
-          "normalize.reference_samples=4", *batch, *SHORT)  # fmt: skip
+          "normalize.reference_samples=4", "model.gradient_checkpointing=true", *batch, *SHORT)  # fmt: skip
     stage("ppo", f"output_dir={ppo}", f"model.name_or_path={sft}/final", f"reward.model_path={reward}/final",
           "max_steps=1", "env.episodes=4", "optim.batch_size=4", "optim.micro_batch_size=4",
-          "rollout.max_new_tokens=16", "progress=false")  # fmt: skip
+          "rollout.max_new_tokens=16", "model.gradient_checkpointing=true", "progress=false")  # fmt: skip
 
     # LoRA stages write adapters; each names the model it was trained on, so loading one merges the whole chain.
     sft_adapter = json.loads((tmp_path / "sft" / "final" / "adapter_config.json").read_text())
