@@ -155,7 +155,9 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(l
         layer = model.get_base_model().model.layers[0] if lora else model.model.layers[0]
         # A wrapped forward, not a hook: torch does not fire module hooks while it recomputes a checkpoint.
         mlp_forward = layer.mlp.forward
-        layer.mlp.forward = lambda *args, **kwargs: calls.append(1) or mlp_forward(*args, **kwargs)
+        layer.mlp.forward = lambda *args, calls=calls, inner=mlp_forward, **kwargs: (
+            calls.append(1) or inner(*args, **kwargs)
+        )
         logp, entropy = forward_policy(model, ids, attention, 1.0, mask, True)
         loss = core.masked_sum(logp + 0.1 * entropy, mask.bool())
         results.append((loss.detach(), grads_of(model, loss), len(calls)))
