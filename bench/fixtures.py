@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,58 @@ def save_single_turn_models(folder: str, tiny: TinyModelConfig, seed: int = 0) -
     return paths
 
 
+def real_model_folder(out: str, model: str | None = None, layers: int = 0) -> str:
+    """SmolLM2-135M-Instruct (or the local folder `model`), truncated to its first `layers` decoder layers (0 = all),
+    with its tokenizer prepared for tool conversations (rlagent.chat_templates) and the config's pad/eos pointed at
+    it: a real-shape model folder that rlagent and TRL both load as is. Returns `out`."""
+    from transformers import AutoTokenizer
+
+    from rlagent.chat_templates import prepare_tokenizer
+    from rlagent.model_sources import resolve_model_path, truncated_copy
+
+    source = model or resolve_model_path("smollm2-135m-instruct")
+    if layers:
+        truncated_copy(source, layers, out)
+    else:  # the full model: link its weights, rewrite only the small files below
+        os.makedirs(out)
+        for name in os.listdir(source):
+            if name not in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+                os.symlink(os.path.join(source, name), os.path.join(out, name))
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    if prepare_tokenizer(tokenizer, verbose=False).resize_embeddings:
+        raise SystemExit(f"{source}: the tokenizer needs a new pad token; pick a model with a spare special token")
+    tokenizer.save_pretrained(out)
+    with open(os.path.join(out if layers else source, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=1)
+    return out
+
+
+def save_single_turn_models_from(policy_dir: str, folder: str, seed: int = 0) -> dict[str, str]:
+    """save_single_turn_models for a real model folder: policy/ is `policy_dir` as is; reward/ and value/ are its
+    backbone as sequence classifiers (num_labels=1), the reward head N(0, 1/sqrt(d+1)) from `seed`, the value head
+    zero (rlagent's value.init=policy)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
+    paths = {"policy": policy_dir}
+    logging.set_verbosity_error()  # "score.weight MISSING" is expected: the heads are set below
+    for name, std in (("reward", None), ("value", 0.0)):
+        model = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1, local_files_only=True)
+        hidden = model.config.hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            torch.nn.init.normal_(model.score.weight, std=(hidden + 1) ** -0.5 if std is None else std)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        paths[name] = os.path.join(folder, name)
+        model.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths
+
+
 def calculator_episodes(count: int, split: str = "train", first_seed: int = 0) -> list[dict]:
     """The reset() info (messages, tools, task) of Calculator-v0 episodes with seeds first_seed, first_seed + 1, ..."""
     import gymnasium as gym
@@ -110,25 +163,34 @@ def calculator_prompts(tokenizer, count: int, split: str = "train", first_seed: 
     ]
 
 
-def sft_policy(max_steps: int | None = None, refresh: bool = False) -> str:
-    """The SFT policy the multi-turn benchmark starts from: the quickstart's stage 1, built by this benchmark.
+def sft_policy(max_steps: int | None = None, refresh: bool = False, model: str = "tiny", layers: int = 2) -> str:
+    """The SFT policy the multi-turn benchmark starts from, built by this benchmark and cached in bench/.cache.
 
-    Runs `rlagent sft --config configs/quickstart/sft.yaml` (optionally with max_steps overridden) into bench/.cache,
-    keyed by the content of that config and of rlagent/tiny.py (tokenizer and model), and reuses it afterwards.
+    model="tiny": the quickstart's stage 1 (`rlagent sft --config configs/quickstart/sft.yaml`). model="smollm2":
+    SmolLM2-135M-Instruct truncated to `layers` decoder layers (real vocabulary, embeddings and template), fully
+    fine-tuned by `rlagent sft --config configs/smollm2/sft.yaml` without LoRA, so final/ is a plain model folder
+    that TRL loads as is. The cache key covers max_steps, the shape, the config and rlagent/tiny.py.
     (runs/quickstart/sft/final is not used by default: it may predate the current config; pass it with --sft.)
     """
-    digest = hashlib.sha1(str(max_steps).encode())
-    for path in (QUICKSTART_SFT_CONFIG, os.path.join(REPO_DIR, "rlagent", "tiny.py")):
+    config = QUICKSTART_SFT_CONFIG if model == "tiny" else os.path.join(REPO_DIR, "configs", "smollm2", "sft.yaml")
+    digest = hashlib.sha1(f"{max_steps} {model} {layers}".encode())
+    for path in (config, os.path.join(REPO_DIR, "rlagent", "tiny.py")):
         with open(path, "rb") as handle:
             digest.update(handle.read())
     key = digest.hexdigest()[:10]
-    out = os.path.join(CACHE_DIR, f"sft-quickstart-{key}")
+    out = os.path.join(CACHE_DIR, f"sft-{'quickstart' if model == 'tiny' else f'smollm2-{layers}layers'}-{key}")
     final = os.path.join(out, "final")
     if os.path.isdir(final) and not refresh:
         return final
     overrides = [f"output_dir={out}", "progress=false", "save_every=0"]
     overrides += [f"max_steps={max_steps}"] if max_steps is not None else []
-    cmd = [sys.executable, "-m", "rlagent.cli", "sft", "--config", QUICKSTART_SFT_CONFIG, *overrides]
+    if model != "tiny":
+        base = os.path.join(out + "-base")
+        if not os.path.isdir(base):
+            real_model_folder(base, layers=layers)
+        # Full fine-tuning of the truncated copy (its new layers are few; LoRA would leave them nearly untrained).
+        overrides += [f"model.name_or_path={base}", "model.lora.enabled=false", "optim.lr=2.0e-4"]
+    cmd = [sys.executable, "-m", "rlagent.cli", "sft", "--config", config, *overrides]
     print(f"   building the SFT policy (cached afterwards): {' '.join(cmd[2:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
     return final

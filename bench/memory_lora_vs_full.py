@@ -4,7 +4,7 @@
     .venv/bin/python bench/memory_lora_vs_full.py --quick    # ~1 min: hidden 256, 4 layers, 2 steps
 
 Each variant runs `rlagent sft` (rlagent.train_sft.main) in a fresh process on the same scripted-expert Calculator
-demonstrations and reports that process's peak resident set size (ru_maxrss; on a GPU also
+demonstrations and reports that process's peak resident set size (VmHWM; on a GPU also
 torch.cuda.max_memory_allocated). A third process runs the same command with max_steps=0 (data, model and optimiser
 built, no step taken): subtracting its peak gives what training itself adds — gradients, AdamW moments and
 activations — which is where full fine-tuning and LoRA differ.
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-from report import banner, emit, uptime
+from report import banner, emit, peak_rss_mib, uptime
 
 BENCH = "memory_lora_vs_full"
 PREFIX = "@@memory "
@@ -83,7 +82,7 @@ def run_worker(args) -> None:
     t0 = time.perf_counter()
     summary = train_sft.main(sft_argv(args, args.worker))
     seconds = time.perf_counter() - t0
-    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"peak_rss_mib": peak_rss_mib()}
     if torch.cuda.is_available():
         peak["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     tokens_per_s = None

@@ -3,6 +3,7 @@
     .venv/bin/python bench/multiturn_vs_trl_grpo.py                 # ~10 min: 180 s of training per side
     .venv/bin/python bench/multiturn_vs_trl_grpo.py --budget 600    # the longer run reported in bench/RESULTS.md
     .venv/bin/python bench/multiturn_vs_trl_grpo.py --quick         # ~1-2 min smoke run (20-step SFT, 20 s per side)
+    .venv/bin/python bench/multiturn_vs_trl_grpo.py --model smollm2 --layers 2   # SmolLM2's shape (SFT built once)
 
 All three start from the same SFT policy: the quickstart's stage 1 (`rlagent sft --config
 configs/quickstart/sft.yaml`, built once into bench/.cache; or --sft FOLDER), and play
@@ -11,7 +12,8 @@ Calculator-v0 train-split episodes: 32 episodes per iteration (GRPO: 8 tasks x 4
 side plays the environment through `environment_factory`: `CalculatorToolEnv` below wraps the same gymnasium env,
 its `calculator` method is the tool, and the reward function feeds the final answer to the env, so episodes are
 graded and rewarded by the env's own rules (1 correct, 0 wrong, -0.5 turn limit, -0.1 invalid call). The tiny
-tokenizer's chat template is Qwen-style, so TRL parses tool calls with its Qwen3 response template.
+tokenizer's chat template (and the ChatML + Hermes template rlagent gives SmolLM2) writes Qwen-style tool calls, so
+TRL parses them with its Qwen3 response template.
 
 The sides run in lock step (bench/lockstep.py): one iteration at a time, alternating, so load from other jobs falls
 on each side in turn; each side's clock counts only its own iterations. A side stops when its success (mean over
@@ -48,6 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="longest assistant turn")
     parser.add_argument("--sft", help="SFT policy folder (default: the quickstart's SFT, built once and cached)")
     parser.add_argument("--sft-steps", type=int, help="override the quickstart SFT's max_steps when building it")
+    parser.add_argument(
+        "--model", choices=["tiny", "smollm2"], default="tiny",
+        help="smollm2: the SFT policy is SmolLM2-135M-Instruct truncated to --layers (real vocabulary and template)",
+    )  # fmt: skip
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers kept with --model smollm2")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -359,6 +366,8 @@ def summarise(args, curves: dict[str, Curve], sft: str) -> None:
         group=args.group,
         lr=args.lr,
         sft=sft,
+        model=args.model,
+        layers=args.layers if args.model != "tiny" else None,
         uptime=uptime(),
     )
 
@@ -381,7 +390,7 @@ def main(argv=None) -> None:
     if not args.sft:
         from fixtures import sft_policy
 
-        args.sft = sft_policy(args.sft_steps)
+        args.sft = sft_policy(args.sft_steps, model=args.model, layers=args.layers)
     print(f"   SFT policy: {args.sft}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_multiturn_") as folder:
         try:

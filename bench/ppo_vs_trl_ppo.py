@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/ppo_vs_trl_ppo.py            # ~5 min: batch 32, 64 response tokens, 2 epochs, 6 iterations
     .venv/bin/python bench/ppo_vs_trl_ppo.py --quick    # ~1 min smoke run
+    .venv/bin/python bench/ppo_vs_trl_ppo.py --model smollm2 --layers 2   # SmolLM2's shape, 2 decoder layers
 
 TRL removed the PPO trainer after 1.12, so this script installs TRL 1.12 into bench/.trl112 (`pip install --target
 bench/.trl112 --no-deps trl==1.12.*`) and runs the TRL side in its own process with PYTHONPATH=bench/.trl112: it
 imports that trl with the venv's transformers, accelerate and datasets.
 
 Identical on both sides: the tiny policy (randomly initialised), reward model and value model (the same saved
-folders), Calculator-v0 prompts through the chat template, rollout batch, response length (sampling stops at
-end-of-turn or after --response-length tokens; a random policy rarely stops early, and each side counts the response
-tokens it actually generated), PPO epochs, minibatch and micro-batch sizes, learning rate, KL coefficient, value
+folders; with --model smollm2, SmolLM2-135M-Instruct truncated to --layers decoder layers with its real vocabulary,
+embeddings, head and rlagent-prepared template, the reward and value models its backbone with a random / zero
+head), Calculator-v0 prompts through the chat template, rollout batch, response length (sampling stops at end-of-turn
+or after --response-length tokens; a random policy rarely stops early, and each side counts the response tokens it
+actually generated), PPO epochs, minibatch and micro-batch sizes, learning rate, KL coefficient, value
 coefficient and clip ranges, temperature 1, fp32, no gradient checkpointing. Our side plays one-turn Calculator
 episodes (tool-call tags are stripped, so a chance "<tool_call>" cannot start a second turn), env reward weighted 0:
 the score is the reward model's, as in TRL.
@@ -51,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=6, help="measured iterations per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up iterations per side")
     parser.add_argument("--hidden", type=int, help="tiny model width (default: TinyModelConfig's)")
+    parser.add_argument(
+        "--model", choices=["tiny", "smollm2"], default="tiny",
+        help="smollm2: SmolLM2-135M-Instruct's shape (vocabulary 49,152, hidden 576, its template), --layers deep",
+    )  # fmt: skip
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers kept with --model smollm2 (0 = all 30)")
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
@@ -246,20 +254,29 @@ def ensure_trl112() -> str:
 
 
 def prepare(args, folder: str) -> dict:
-    """Save the three tiny models and the prompt set; returns the paths both workers read."""
-    from fixtures import calculator_prompts, save_single_turn_models
+    """Save the three models (tiny, or SmolLM2's shape) and the prompt set; returns the paths both workers read."""
+    from fixtures import calculator_prompts, real_model_folder, save_single_turn_models, save_single_turn_models_from
+    from transformers import AutoConfig, AutoTokenizer
 
     from rlagent.config import TinyModelConfig
-    from rlagent.tiny import build_tiny_tokenizer
 
-    tiny = TinyModelConfig()
-    if args.hidden:
-        tiny = TinyModelConfig(hidden_size=args.hidden, num_heads=max(1, args.hidden // 32))
-    args.tiny = {"hidden": tiny.hidden_size, "layers": tiny.num_layers, "heads": tiny.num_heads}
-    setup = {"dir": folder, **save_single_turn_models(os.path.join(folder, "models"), tiny)}
+    models = os.path.join(folder, "models")
+    if args.model == "smollm2":
+        policy = real_model_folder(os.path.join(models, "policy"), layers=args.layers)
+        setup = {"dir": folder, **save_single_turn_models_from(policy, models)}
+    else:
+        tiny = TinyModelConfig()
+        if args.hidden:
+            tiny = TinyModelConfig(hidden_size=args.hidden, num_heads=max(1, args.hidden // 32))
+        setup = {"dir": folder, **save_single_turn_models(models, tiny)}
+    config = AutoConfig.from_pretrained(setup["policy"])
+    args.tiny = {  # the policy's shape (the result key predates --model)
+        "model": args.model, "vocab": config.vocab_size, "hidden": config.hidden_size,
+        "layers": config.num_hidden_layers, "heads": config.num_attention_heads,
+    }  # fmt: skip
     setup["prompts"] = os.path.join(folder, "prompts.json")
     with open(setup["prompts"], "w", encoding="utf-8") as handle:
-        json.dump(calculator_prompts(build_tiny_tokenizer(), 256), handle)
+        json.dump(calculator_prompts(AutoTokenizer.from_pretrained(setup["policy"]), 256), handle)
     return setup
 
 
@@ -272,6 +289,8 @@ def worker_command(args, side: str, setup_path: str) -> list[str]:
         f"--iterations={args.iterations}",
         f"--warmup={args.warmup}",
         *([f"--hidden={args.hidden}"] if args.hidden else []),
+        f"--model={args.model}",
+        f"--layers={args.layers}",
         f"--lr={args.lr}",
     ]
     return [sys.executable, os.path.abspath(__file__), f"--worker={side}", f"--setup={setup_path}", *flags]

@@ -17,6 +17,28 @@ PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "g
 RESULT_PREFIX = "RESULT "
 
 
+def rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in MiB: VmRSS / VmHWM from /proc (Linux).
+
+    Not ru_maxrss: on Linux that survives fork + exec, so a worker started by a 600 MiB coordinator reports at least
+    600 MiB. VmHWM belongs to the process's own address space, which exec replaces. Elsewhere: ru_maxrss for both.
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (see rss_mib)."""
+    return rss_mib()[1]
+
+
 def uptime() -> str:
     """The `uptime` line (1/5/15-minute load averages): the machine is shared, so every timing prints it."""
     try:

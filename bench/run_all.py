@@ -37,11 +37,18 @@ BEGIN, END = "<!-- run_all: generated, do not edit by hand -->", "<!-- run_all: 
 BENCHMARKS = {
     "rollout_throughput": ["--episodes", "8", "--sft-steps", "20", "--repeats", "1"],
     "ppo_vs_trl_ppo": ["--quick"],
+    "ppo_vs_trl_ppo_smollm2": ["--quick"],
     "multiturn_vs_trl_grpo": ["--quick"],
+    "multiturn_vs_trl_grpo_smollm2": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
     "sft_real_shape": ["--quick"],
     "ppo_learning": ["--quick"],
     "kill_resume": ["--kills", "2"],
+}
+# Names that run another script with fixed arguments: name -> (script, arguments of every run).
+VARIANTS = {
+    "ppo_vs_trl_ppo_smollm2": ("ppo_vs_trl_ppo", ["--model", "smollm2", "--layers", "2"]),
+    "multiturn_vs_trl_grpo_smollm2": ("multiturn_vs_trl_grpo", ["--model", "smollm2", "--layers", "2"]),
 }
 # Run only when named with --only (minutes of kill/resume cycles; a robustness check, not a speed).
 OPT_IN = {"kill_resume"}
@@ -77,7 +84,9 @@ def wait_for_idle(limit_s: float) -> None:
 
 def run_benchmark(name: str, quick: bool, extra: list[str] | None = None) -> dict:
     """Run bench/NAME.py, streaming its output; returns its result lines plus context for the record."""
-    cmd = [sys.executable, os.path.join("bench", f"{name}.py"), *(BENCHMARKS[name] if quick else []), *(extra or [])]
+    script, fixed = VARIANTS.get(name, (name, []))
+    cmd = [sys.executable, os.path.join("bench", f"{script}.py"), *fixed, *(BENCHMARKS[name] if quick else [])]
+    cmd += extra or []
     record = {
         "name": name,
         "command": " ".join(shlex.quote(c) for c in cmd),
@@ -141,7 +150,7 @@ def render_ppo(result: dict) -> list[str]:
         f"**Speed-up (TRL s/iteration ÷ ours): {num(result['speedup'])}x wall** (median of per-round ratios "
         f"{num(result['speedup_paired_median'])}x; CPU time {num(result['speedup_cpu'])}x). Setup: batch "
         f"{result['batch']}, {result['response_length']} response tokens, {result['epochs']} PPO epochs, "
-        f"micro-batch {result['micro_batch']}, {result['iterations']} measured iterations per side, tiny "
+        f"micro-batch {result['micro_batch']}, {result['iterations']} measured iterations per side, "
         f"model {result.get('tiny', result.get('hidden'))}.",
     ]
     return rows
@@ -210,7 +219,8 @@ def render_memory(result: dict) -> list[str]:
 
 def render_sft_real_shape(result: dict) -> list[str]:
     rows = ["| side | tokens / s | vs plain HF | peak RSS (MiB) | after set-up (MiB) |", "|---|---|---|---|---|"]
-    sides = [side for side in ("hf", "rlagent", "rlagent-lora", "lora-full") if side in result]
+    order = ("hf", "rlagent", "rlagent-lora", "lora-full", "lora-ckpt", "trl-sft")
+    sides = [side for side in order if side in result]
     for side in sides:
         r = result[side]
         ratio = r["tokens_per_s"] / result["hf"]["tokens_per_s"] if "hf" in result else None
@@ -241,14 +251,18 @@ def render_kill_resume(r: dict) -> list[str]:
 RENDERERS = {
     "kill_resume": render_kill_resume,
     "ppo_vs_trl_ppo": render_ppo,
+    "ppo_vs_trl_ppo_smollm2": render_ppo,
     "multiturn_vs_trl_grpo": render_multiturn,
+    "multiturn_vs_trl_grpo_smollm2": render_multiturn,
     "memory_lora_vs_full": render_memory,
     "sft_real_shape": render_sft_real_shape,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
     "ppo_vs_trl_ppo": "Single-turn PPO: rlagent vs TRL 1.12 PPOTrainer",
+    "ppo_vs_trl_ppo_smollm2": "Single-turn PPO at SmolLM2's shape (vocabulary 49,152, 2 decoder layers) vs TRL 1.12",
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
+    "multiturn_vs_trl_grpo_smollm2": "Multi-turn Calculator-v0 at SmolLM2's shape (2 layers) vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
     "sft_real_shape": "SFT at a real vocabulary (SmolLM2-135M): rlagent step vs plain HF step, speed and peak RSS",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
@@ -311,7 +325,7 @@ def main(argv=None) -> None:
     if args.render:
         write_markdown(read_records())
         return
-    present = [name for name in BENCHMARKS if os.path.isfile(os.path.join(BENCH_DIR, f"{name}.py"))]
+    present = [n for n in BENCHMARKS if os.path.isfile(os.path.join(BENCH_DIR, f"{VARIANTS.get(n, (n,))[0]}.py"))]
     names = [n for n in args.only.split(",") if n] or [n for n in present if n not in OPT_IN]
     unknown = set(names) - set(present)
     if unknown:

@@ -10,11 +10,14 @@ Sides (each its own process, same data, same micro-batches, AdamW, fp32 on CPU):
   rlagent       rlagent.train_sft.token_loss_sum (model.selective_head on: the head only at assistant tokens)
   rlagent-lora  the same with LoRA adapters (r 16, the stage's default target modules)
   lora-full     LoRA with model.selective_head=false: what the selective head saves under LoRA
+  lora-ckpt     rlagent-lora with model.gradient_checkpointing=true: layers recomputed in the backward pass
+  trl-sft       TRL's SFTTrainer (assistant-only loss from an assistant_masks column, its own chunked LM-head loss),
+                full fine-tuning, fed the same token ids and masks; a TrainerCallback is its lock-step gate
 One optimizer step = `--batch` conversations (Calculator scripted-expert demonstrations rendered with the SmolLM2
 template that rlagent.chat_templates.prepare_tokenizer gives it), in micro-batches of `--micro`, each right-padded to
 `--width` tokens so every side sees the same B x T shape. Workers are stepped one at a time, alternating
-(bench/lockstep.py), so a busy machine slows every side alike; peak RSS (ru_maxrss) is each process's own, after
-set-up (model, data, optimiser) and after the measured steps. TRL's SFTTrainer is not a side yet.
+(bench/lockstep.py), so a busy machine slows every side alike; peak RSS (VmHWM) is each process's own, after
+set-up (model, data, optimiser) and after the measured steps.
 Every side's process stays alive for the whole run: on the full model each needs ~10 GiB, so on a small machine
 pass fewer --sides (the 23 GiB development machine cannot hold three).
 """
@@ -24,16 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 
 from lockstep import Gate, Lockstep, round_order
-from report import banner, emit, fmt, uptime
+from report import banner, emit, fmt, peak_rss_mib, uptime
 
 BENCH = "sft_real_shape"
-SIDES = ("hf", "rlagent", "rlagent-lora", "lora-full")
+SIDES = ("hf", "rlagent", "rlagent-lora", "lora-full", "lora-ckpt", "trl-sft")
+LORA_SIDES = ("rlagent-lora", "lora-full", "lora-ckpt")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,42 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def prepare_model_folder(args, folder: str) -> str:
-    """SmolLM2 (or --model), truncated to --layers, with its tokenizer prepared for tool conversations and the
-    config's pad/eos pointed at it: what `rlagent sft` needs from a real model folder."""
-    from transformers import AutoTokenizer
+    from fixtures import real_model_folder
 
-    from rlagent.chat_templates import prepare_tokenizer
-    from rlagent.model_sources import resolve_model_path, truncated_copy
-
-    source = args.model or resolve_model_path("smollm2-135m-instruct")
-    out = os.path.join(folder, "model")
-    if args.layers:
-        truncated_copy(source, args.layers, out)
-    else:
-        os.makedirs(out)
-        for name in os.listdir(source):
-            os.symlink(os.path.join(source, name), os.path.join(out, name))
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    if prepare_tokenizer(tokenizer, verbose=False).resize_embeddings:
-        raise SystemExit(f"{source}: the tokenizer needs a new pad token; pick a model with a spare special token")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
-        if os.path.islink(os.path.join(out, name)):
-            os.unlink(os.path.join(out, name))
-    tokenizer.save_pretrained(out)
-    with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
-    if args.layers:
-        with open(os.path.join(out, "config.json"), encoding="utf-8") as handle:
-            config = json.load(handle)
-    config.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=1)
-    return out
+    return real_model_folder(os.path.join(folder, "model"), args.model, args.layers)
 
 
 def sft_config(args, side: str):
@@ -105,8 +76,9 @@ def sft_config(args, side: str):
         f"data.episodes={args.batch * (args.warmup + args.steps)}",
         "data.eval_fraction=0.0",
         f"max_length={args.width}",
-        f"model.lora.enabled={side in ('rlagent-lora', 'lora-full')}",
+        f"model.lora.enabled={side in LORA_SIDES}",
         f"model.selective_head={side != 'lora-full'}",
+        f"model.gradient_checkpointing={side == 'lora-ckpt'}",
     ]
     return load_config(SFTConfig, None, overrides)
 
@@ -155,14 +127,17 @@ def train_step(side: str, model, optimizer, step: list[dict]) -> dict:
 def run_worker(args) -> None:
     import torch
 
-    from rlagent.modeling import apply_lora, disable_dropout, load_causal_lm, load_tokenizer
+    from rlagent.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
 
     gate = Gate()
     t0 = time.perf_counter()
     cfg = sft_config(args, args.worker)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     steps = micro_batches(args, cfg, tokenizer)
-    model = apply_lora(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
+    if args.worker == "trl-sft":
+        run_trl_worker(args, cfg, tokenizer, steps, gate, t0)
+        return
+    model = make_trainable(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)
     disable_dropout(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -170,6 +145,57 @@ def run_worker(args) -> None:
     for step in steps:
         report = train_step(args.worker, model, optimizer, step)
         gate.done(**report, peak_rss_mib=peak_rss_mib())
+
+
+def run_trl_worker(args, cfg, tokenizer, steps: list[list[dict]], gate, t0: float) -> None:
+    """TRL 1.16 SFTTrainer on the rows of `steps` (ids and assistant masks, unpadded), micro `--micro`, accumulation
+    to `--batch`, padded to `--width` by its collator; the gate opens before the first step and after every step."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    rows = []
+    for step in steps:
+        for batch in step:
+            for ids, attention, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+                n = int(attention.sum())
+                rows.append({"input_ids": ids[:n].tolist(), "assistant_masks": (labels[:n] != -100).long().tolist()})
+    # TRL builds the labels from an `assistant_masks` column itself (its assistant-only loss; assistant_only_loss=True
+    # only tells it to compute that column from raw conversations, which would re-tokenise). rlagent's label at t is
+    # the token at t (the loss shifts), the same convention as TRL's masks. TRL's SFTConfig turns activation
+    # checkpointing on by default: off here, like the rlagent full fine-tuning side it is compared with.
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32, local_files_only=True)
+    config = SFTConfig(
+        output_dir=os.path.join(args.folder, "trl-sft"), per_device_train_batch_size=args.micro,
+        gradient_accumulation_steps=args.batch // args.micro, max_steps=args.warmup + args.steps, learning_rate=1e-5,
+        lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, activation_checkpointing=False,
+        max_length=args.width, pad_to_multiple_of=args.width, bf16=False, fp16=False, use_cpu=True,
+        save_strategy="no", report_to=[], logging_steps=10**6, dataloader_num_workers=0, seed=0,
+        disable_tqdm=True, model_init_kwargs=None,
+    )  # fmt: skip
+    counts = {"tokens": 0, "padded_tokens": 0, "targets": 0}
+
+    class GateCallback(TrainerCallback):
+        def on_train_begin(self, *unused, **kwargs):
+            gate.ready(setup_seconds=time.perf_counter() - t0, setup_rss_mib=peak_rss_mib())
+
+        def on_step_end(self, *unused, **kwargs):
+            gate.done(**counts, peak_rss_mib=peak_rss_mib())
+            counts.update(tokens=0, padded_tokens=0, targets=0)
+
+    class CountingSFTTrainer(SFTTrainer):
+        """Counts the micro-batches it trains on (the data loader reads one batch ahead, so not in the collator)."""
+
+        def training_step(self, model, inputs, *rest, **kwargs):
+            counts["tokens"] += int(inputs["attention_mask"].sum())
+            counts["padded_tokens"] += inputs["input_ids"].numel()
+            counts["targets"] += int((inputs["labels"][:, 1:] != -100).sum())
+            return super().training_step(model, inputs, *rest, **kwargs)
+
+    trainer = CountingSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tokenizer, callbacks=[GateCallback()])  # fmt: skip
+    trainer.train()
 
 
 def interleave(args, folder: str, sides: list[str]) -> dict[str, list[dict]]:

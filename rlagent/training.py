@@ -119,6 +119,17 @@ def resolve_resume(resume_from: str | None, output_dir: str) -> str | None:
     return resume_from
 
 
+def save_model(model, folder: str) -> None:
+    """save_pretrained (safetensors). A LoRA model whose base is a short name (smollm2-135m-instruct), not a folder:
+    PEFT's save_embedding_layers='auto' would look that name up on the Hugging Face Hub (rlagent never goes online;
+    offline it warns and saves no embeddings), so say False, which is what it ends up doing."""
+    kwargs = {}
+    base = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
+    if base and not os.path.isdir(base):
+        kwargs["save_embedding_layers"] = False
+    model.save_pretrained(folder, safe_serialization=True, **kwargs)
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state: dict, keep: int = 2) -> str:
     """Atomically save `models` (name -> module, HF save_pretrained) plus `state` (optimizer etc.) as step-N."""
     final = os.path.join(output_dir, "checkpoints", f"step-{step}")
@@ -132,7 +143,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, model in models.items():
-            accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, name), safe_serialization=True)
+            save_model(accelerator.unwrap_model(model), os.path.join(tmp, name))
         torch.save(state, os.path.join(tmp, "training_state.pt"))
         open(os.path.join(tmp, "COMPLETE"), "w").close()
         _remove_checkpoint(final)  # only there when a step is saved again (resume from an explicit earlier path)
@@ -199,7 +210,7 @@ def save_final(accelerator, model, tokenizer, folder: str, extra_files: dict | N
         return
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    save_model(accelerator.unwrap_model(model), tmp)
     tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
         with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:

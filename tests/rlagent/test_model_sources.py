@@ -160,3 +160,29 @@ def test_truncated_copy_rejects_bad_layer_count(tmp_path):
     require_smollm2()
     with pytest.raises(ModelSourceError, match=r"num_layers=31 must be in 1\.\.30"):
         truncated_copy(smollm2_dir(), 31, str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("base", ["smollm2-135m-instruct", "local-folder"])
+def test_saving_a_lora_model_never_looks_its_base_up_online(base, tmp_path, monkeypatch):
+    """A LoRA model trained on a short name is saved without PEFT's Hub lookup of that name; a folder base keeps
+    PEFT's own 'auto' behaviour (a local config, no network either)."""
+    from peft.utils import save_and_load
+
+    from rlagent.config import LoraConfig, ModelConfig, TinyModelConfig
+    from rlagent.modeling import apply_lora
+    from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+    from rlagent.training import save_model
+
+    lookups = []
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", lambda *a, **k: lookups.append(a) or False)
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok, 0)
+    if base == "local-folder":
+        base = str(tmp_path / "base")
+        model.save_pretrained(base)
+    model.name_or_path = base
+    model = apply_lora(model, ModelConfig(lora=LoraConfig(enabled=True, r=4, target_modules=["q_proj"])))
+    assert model.peft_config["default"].base_model_name_or_path == base
+    save_model(model, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    assert lookups == []
