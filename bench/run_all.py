@@ -42,6 +42,7 @@ BENCHMARKS = {
     "multiturn_vs_trl_grpo_smollm2": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
     "sft_real_shape": ["--quick"],
+    "memory_phases": ["--quick"],
     "ppo_learning": ["--quick"],
     "kill_resume": ["--kills", "2"],
 }
@@ -237,6 +238,20 @@ def render_sft_real_shape(result: dict) -> list[str]:
     return rows
 
 
+def render_memory_phases(result: dict) -> list[str]:
+    rows = ["| stage | phase (when it ends) | RSS (MiB) | peak so far (MiB) | peak rise (MiB) |"]
+    rows.append("|---|---|---|---|---|")
+    for stage in ("sft", "ppo"):
+        for p in result[stage]:
+            rows.append(
+                f"| {stage} | {p['phase']} | {p['rss_mib']:.0f} | {p['peak_mib']:.0f} | {p['peak_rise_mib']:.0f} |"
+            )
+    overrides = ", ".join(result.get("overrides") or []) or "none"
+    rows.append(f"\nSmolLM2-135M-Instruct, {result['layers']} decoder layers, {result['steps']} step(s) per stage; "
+                f"overrides: {overrides}.")  # fmt: skip
+    return rows
+
+
 def render_kill_resume(r: dict) -> list[str]:
     return [
         f"- {r['stage']}: {r['kills']} kills ({r['kills_in_checkpoint_write']} inside a checkpoint write), "
@@ -256,6 +271,7 @@ RENDERERS = {
     "multiturn_vs_trl_grpo_smollm2": render_multiturn,
     "memory_lora_vs_full": render_memory,
     "sft_real_shape": render_sft_real_shape,
+    "memory_phases": render_memory_phases,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
@@ -265,6 +281,7 @@ TITLES = {
     "multiturn_vs_trl_grpo_smollm2": "Multi-turn Calculator-v0 at SmolLM2's shape (2 layers) vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
     "sft_real_shape": "SFT at a real vocabulary (SmolLM2-135M): rlagent step vs plain HF step, speed and peak RSS",
+    "memory_phases": "Peak memory by phase of rlagent sft / ppo on SmolLM2-135M-Instruct (LoRA)",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
     "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
 }
