@@ -65,6 +65,8 @@ def load_models(cfg, tokenizer):
         # Before apply_lora: init='policy' copies the plain backbone (a LoRA-wrapped one has lora_* keys and layers).
         value = load_value_model(cfg.value.init, policy, cfg.reward.model_path, next(policy.parameters()).dtype)
         enable_gradient_checkpointing(value, cfg.model)
+        if cfg.value.freeze_embeddings:
+            value.get_input_embeddings().requires_grad_(False)
     # With LoRA, the reference is the base with adapters disabled — valid because the base IS the starting policy.
     policy = make_trainable(policy, cfg.model)
     disable_dropout(policy)

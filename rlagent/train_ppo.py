@@ -268,7 +268,7 @@ class PPOTrainer:
         policy, reference, value, self.reward_model = load_models(cfg, self.tokenizer)
         params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
         if value is not None:
-            params.append({"params": list(value.parameters()), "lr": cfg.value.lr})
+            params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
         optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
         if value is not None:
             policy, value, optimizer = accelerator.prepare(policy, value, optimizer)

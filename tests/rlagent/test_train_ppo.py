@@ -352,3 +352,16 @@ def test_value_init_policy_with_lora_copies_the_plain_backbone():
     assert torch.count_nonzero(value.score.weight) == 0
     with pytest.raises(ValueError, match="before LoRA"):
         load_value_model("policy", policy, None, torch.float32)
+
+
+def test_value_freeze_embeddings_leaves_the_critic_embeddings_out_of_training():
+    from rlagent.ppo_models import load_models
+
+    overrides = ["model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2"]
+    overrides += ["reward.rm_weight=0"]
+    for freeze in (False, True):
+        cfg = load_config(PPOConfig, None, overrides + [f"value.freeze_embeddings={freeze}"])
+        _, _, value, _ = load_models(cfg, build_tiny_tokenizer())
+        embeddings = value.get_input_embeddings().weight
+        assert embeddings.requires_grad is (not freeze)
+        assert all(p.requires_grad for name, p in value.named_parameters() if p is not embeddings)
