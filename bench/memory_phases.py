@@ -3,6 +3,7 @@
     .venv/bin/python bench/memory_phases.py                   # 2 decoder layers (real vocabulary), ~2 min
     .venv/bin/python bench/memory_phases.py --layers 0        # the full 30-layer model, ~10 min on 2 CPU cores
     .venv/bin/python bench/memory_phases.py --set model.gradient_checkpointing=true   # any override, both stages
+    .venv/bin/python bench/memory_phases.py --ppo-set value.freeze_embeddings=true    # an override for PPO only
 
 Each stage runs in its own process (peak RSS, VmHWM, is per process and never goes down) as the real
 `rlagent sft` / `rlagent ppo` main with the configs/smollm2 settings, LoRA included, and a few steps. The stage's
@@ -36,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers kept (0 = all 30)")
     parser.add_argument("--steps", type=int, default=2, help="SFT optimizer steps and PPO iterations")
     parser.add_argument("--set", action="append", default=[], help="config override for both stages (repeatable)")
+    parser.add_argument("--ppo-set", action="append", default=[], help="config override for PPO only (repeatable)")
     parser.add_argument("--quick", action="store_true", help="1 step / iteration")
     parser.add_argument("--worker", choices=["sft", "ppo"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -92,13 +94,15 @@ def run_ppo(args) -> None:
         ["--config", os.path.join(REPO_DIR, "configs", "smollm2", "ppo.yaml"), f"output_dir={args.folder}/ppo",
          f"model.name_or_path={args.folder}/model", f"reward.model_path={args.folder}/models/reward",
          "value.init=policy", f"max_steps={args.steps}", "env.episodes=8", "optim.batch_size=8",
-         "optim.micro_batch_size=4", "rollout.max_new_tokens=48", "save_every=1", "progress=false", *args.set]
+         "optim.micro_batch_size=4", "rollout.max_new_tokens=48", "save_every=1", "progress=false", *args.set,
+         *args.ppo_set]
     )  # fmt: skip
 
 
 def run_stage(args, stage: str) -> list[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={stage}", f"--folder={args.folder}",
-           f"--steps={args.steps}", *[f"--set={s}" for s in args.set]]  # fmt: skip
+           f"--steps={args.steps}", *[f"--set={s}" for s in args.set],
+           *[f"--ppo-set={s}" for s in args.ppo_set]]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_DIR)
     phases = [json.loads(line[len(PREFIX) :]) for line in proc.stdout.splitlines() if line.startswith(PREFIX)]
     if proc.returncode != 0:
@@ -131,9 +135,10 @@ def main(argv=None) -> None:
         save_single_turn_models_from(model, os.path.join(folder, "models"))
         with open(os.path.join(model, "config.json"), encoding="utf-8") as handle:
             layers = json.load(handle)["num_hidden_layers"]
-        banner(f"{BENCH}: SmolLM2-135M-Instruct shape, {layers} decoder layers, {args.steps} step(s); set {args.set}")
+        shape = f"SmolLM2-135M-Instruct shape, {layers} decoder layers, {args.steps} step(s)"
+        banner(f"{BENCH}: {shape}; set {args.set}, PPO {args.ppo_set}")
         results = {stage: report(stage, run_stage(args, stage)) for stage in ("sft", "ppo")}
-    emit(BENCH, **results, layers=layers, steps=args.steps, overrides=args.set)
+    emit(BENCH, **results, layers=layers, steps=args.steps, overrides=args.set + [f"ppo: {s}" for s in args.ppo_set])
     print(f"   uptime: {uptime()}", flush=True)
 
 
