@@ -226,7 +226,8 @@ def render_sft_real_shape(result: dict) -> list[str]:
         r = result[side]
         ratio = r["tokens_per_s"] / result["hf"]["tokens_per_s"] if "hf" in result else None
         rows.append(
-            f"| {side} | {num(r['tokens_per_s'], 1)} | {num(ratio, 2)}x | {r['peak_rss_mib']:.0f} | "
+            f"| {side} | {num(r['tokens_per_s'], 1)} | {num(ratio, 2) + 'x' if ratio else 'n/a'} | "
+            f"{r['peak_rss_mib']:.0f} | "
             f"{r['setup_rss_mib']:.0f} |"
         )
     fraction = result[sides[0]]["target_fraction"]
