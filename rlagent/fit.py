@@ -173,6 +173,8 @@ def split_batch(cfg: SupervisedConfig, accelerator, task: SupervisedTask, step: 
 
 def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: list, units: int, optim) -> dict:
     """One optimizer step over this process's micro-batches; each summed loss is divided by the GLOBAL unit count."""
+    # Train mode: from_pretrained returns a model in eval mode, where activation checkpointing is off.
+    model.train()
     sums = torch.zeros((), device=accelerator.device)
     for i, rows in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1

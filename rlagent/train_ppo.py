@@ -343,7 +343,7 @@ class PPOTrainer:
     # 1. Rollout: every episode of this rank in one batched engine call (GRPO groups share a task seed).
     def rollout(self, iteration: int) -> Iteration:
         t0 = time.time()
-        self.policy.eval()
+        self.set_train_mode(False)
         seeds = episode_seeds(self.cfg.seed, iteration, self.rank, self.per_rank, self.group)
         # ZeRO-3 shards the parameters: gather them for generation (TRL's unwrapped-model pattern); otherwise this
         # just unwraps DDP.
@@ -358,6 +358,13 @@ class PPOTrainer:
                 max_total_tokens=self.cfg.rollout.max_total_tokens,
             )
         return Iteration(step=iteration + 1, traj=traj, t_rollout=time.time() - t0)
+
+    def set_train_mode(self, training: bool) -> None:
+        """Eval mode for generation and the no-grad passes, train mode for the update (where activation
+        checkpointing acts); the critic too, which from_pretrained hands over in eval mode."""
+        for model in (self.policy, self.value):
+            if model is not None:
+                model.train(training)
 
     # 2. Score: environment reward + RM; missing EOS; non-finite scores dropped (a new mask, traj untouched).
     def score(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -426,7 +433,7 @@ class PPOTrainer:
 
     # 6. PPO epochs over reshuffled minibatches (critic-only during value warm-up).
     def ppo_update(self, it: Iteration) -> None:
-        self.policy.train()
+        self.set_train_mode(True)
         device = self.accelerator.device
         batch = {
             "input_ids": it.traj.input_ids.to(device),

@@ -99,3 +99,18 @@ def test_patience_zero_never_stops():
 def test_restore_state_without_a_checkpoint_is_a_fresh_start():
     step, stopping, record = restore_state(None, None, None, None, None, patience=3)
     assert step == 0 and stopping == EarlyStopping(patience=3) and record == {}
+
+
+def test_train_step_trains_in_train_mode_whatever_mode_the_model_came_in():
+    """from_pretrained hands over a model in eval mode, where activation checkpointing is off: a step sets train
+    mode before the first forward."""
+    modes = []
+    task = toy_task(EXAMPLES)
+    inner = task.loss_sums
+    task.loss_sums = lambda model, rows: modes.append(model.training) or inner(model, rows)
+    model = torch.nn.Linear(1, 1, bias=False).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    optim = SimpleNamespace(max_grad_norm=100.0)
+    train_step(model, optimizer, scheduler, make_accelerator(), task, [EXAMPLES[:2], EXAMPLES[2:]], 10, optim)
+    assert modes == [True, True]

@@ -365,3 +365,28 @@ def test_value_freeze_embeddings_leaves_the_critic_embeddings_out_of_training():
         embeddings = value.get_input_embeddings().weight
         assert embeddings.requires_grad is (not freeze)
         assert all(p.requires_grad for name, p in value.named_parameters() if p is not embeddings)
+
+
+def test_policy_and_critic_generate_in_eval_mode_and_update_in_train_mode(tmp_path, monkeypatch):
+    """Both models arrive in eval mode (as from_pretrained hands them over); rollout and the no-grad passes run in
+    eval mode, the PPO epochs in train mode (where activation checkpointing acts)."""
+    import rlagent.train_ppo as train_ppo_module
+
+    trainer, _ = scripted_trainer(tmp_path, {0, 1, 2, 3}, "max_steps=1")
+    trainer.policy.eval()
+    trainer.value.eval()
+    modes = {}
+    real_passes, real_epochs = PPOTrainer.old_ref_value_passes, train_ppo_module.ppo_epochs
+
+    def passes(self, it):
+        modes["passes"] = (self.policy.training, self.value.training)
+        return real_passes(self, it)
+
+    def epochs(cfg, accelerator, policy, value, *args):
+        modes["epochs"] = (policy.training, value.training)
+        return real_epochs(cfg, accelerator, policy, value, *args)
+
+    monkeypatch.setattr(PPOTrainer, "old_ref_value_passes", passes)
+    monkeypatch.setattr(train_ppo_module, "ppo_epochs", epochs)
+    trainer.train()
+    assert modes == {"passes": (False, False), "epochs": (True, True)}
