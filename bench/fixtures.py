@@ -185,7 +185,7 @@ def sft_policy(max_steps: int | None = None, refresh: bool = False, model: str =
     overrides = [f"output_dir={out}", "progress=false", "save_every=0"]
     overrides += [f"max_steps={max_steps}"] if max_steps is not None else []
     if model != "tiny":
-        base = os.path.join(out + "-base")
+        base = out + "-base"
         if not os.path.isdir(base):
             real_model_folder(base, layers=layers)
         # Full fine-tuning of the truncated copy (its new layers are few; LoRA would leave them nearly untrained).

@@ -58,12 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_model_folder(args, folder: str) -> str:
-    from fixtures import real_model_folder
-
-    return real_model_folder(os.path.join(folder, "model"), args.model, args.layers)
-
-
 def sft_config(args, side: str):
     from rlagent.config import load_config
     from rlagent.train_sft import SFTConfig
@@ -243,7 +237,9 @@ def main(argv=None) -> None:
         return
     sides = [s for s in args.sides.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="bench_sft_real_") as folder:
-        model_dir = prepare_model_folder(args, folder)
+        from fixtures import real_model_folder
+
+        model_dir = real_model_folder(os.path.join(folder, "model"), args.model, args.layers)
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
             config = json.load(handle)
         shape = f"vocab {config['vocab_size']}, hidden {config['hidden_size']}, {config['num_hidden_layers']} layers"
