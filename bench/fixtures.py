@@ -15,8 +15,8 @@ import sys
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rlagent.config import TinyModelConfig
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer, tiny_llama_config
+from rlagent.common.config import TinyModelConfig
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer, tiny_llama_config
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
@@ -86,12 +86,12 @@ def save_single_turn_models(folder: str, tiny: TinyModelConfig, seed: int = 0) -
 
 def real_model_folder(out: str, model: str | None = None, layers: int = 0) -> str:
     """SmolLM2-135M-Instruct (or the local folder `model`), truncated to its first `layers` decoder layers (0 = all),
-    with its tokenizer prepared for tool conversations (rlagent.chat_templates) and the config's pad/eos pointed at
-    it: a real-shape model folder that rlagent and TRL both load as is. Returns `out`."""
+    with its tokenizer prepared for tool conversations (rlagent.common.chat_templates) and the config's pad/eos pointed
+    at it: a real-shape model folder that rlagent and TRL both load as is. Returns `out`."""
     from transformers import AutoTokenizer
 
-    from rlagent.chat_templates import prepare_tokenizer
-    from rlagent.model_sources import resolve_model_path, truncated_copy
+    from rlagent.common.chat_templates import prepare_tokenizer
+    from rlagent.common.model_sources import resolve_model_path, truncated_copy
 
     source = model or resolve_model_path("smollm2-135m-instruct")
     if layers:
@@ -169,7 +169,7 @@ def sft_policy(max_steps: int | None = None, refresh: bool = False, model: str =
     model="tiny": the quickstart's stage 1 (`rlagent sft --config configs/quickstart/sft.yaml`). model="smollm2":
     SmolLM2-135M-Instruct truncated to `layers` decoder layers (real vocabulary, embeddings and template), fully
     fine-tuned by `rlagent sft --config configs/smollm2/sft.yaml` without LoRA, so final/ is a plain model folder
-    that TRL loads as is. The cache key covers max_steps, the shape, the config and rlagent/tiny.py.
+    that TRL loads as is. The cache key covers max_steps, the shape, the config and rlagent/common/tiny.py.
     (runs/quickstart/sft/final is not used by default: it may predate the current config; pass it with --sft.)
     """
     config = QUICKSTART_SFT_CONFIG if model == "tiny" else os.path.join(REPO_DIR, "configs", "smollm2", "sft.yaml")

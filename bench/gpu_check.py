@@ -103,8 +103,8 @@ def run_stages(out: str, size: dict, results: list) -> None:
 
 
 def held_out(out: str, episodes: int, results: list) -> None:
-    from rlagent.evaluate import evaluate_policy
-    from rlagent.quickstart import ENV_IDS, load_for_eval
+    from rlagent.cli.evaluate import evaluate_policy
+    from rlagent.cli.quickstart import ENV_IDS, load_for_eval
 
     for name, spec in (("zero_shot", MODEL), ("sft", f"{out}/sft/final"), ("ppo", f"{out}/ppo/final")):
         model, tokenizer = load_for_eval(spec)

@@ -65,7 +65,8 @@ def wrap(owner, name: str, label: str) -> None:
 
 
 def run_sft(args) -> None:
-    from rlagent import fit, train_sft
+    from rlagent import train_sft
+    from rlagent.training.checkpoints import fit
 
     wrap(train_sft, "prepare_data", "data tokenised")
     wrap(train_sft, "make_trainable", "model loaded (+ LoRA)")

@@ -88,7 +88,7 @@ def run_ppo(args: argparse.Namespace, sft: str) -> list[dict]:
 
 
 def held_out(args: argparse.Namespace, sft: str) -> None:
-    from rlagent.quickstart import evaluate_sft_vs_ppo
+    from rlagent.cli.quickstart import evaluate_sft_vs_ppo
 
     policies = {"sft": sft, "ppo": os.path.join(args.out, "final")}
     row = evaluate_sft_vs_ppo(policies, [ENV_ID], args.eval_episodes, seed=10_000)[ENV_ID]

@@ -258,7 +258,7 @@ def prepare(args, folder: str) -> dict:
     from fixtures import calculator_prompts, real_model_folder, save_single_turn_models, save_single_turn_models_from
     from transformers import AutoConfig, AutoTokenizer
 
-    from rlagent.config import TinyModelConfig
+    from rlagent.common.config import TinyModelConfig
 
     models = os.path.join(folder, "models")
     if args.model == "smollm2":

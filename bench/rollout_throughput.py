@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlagent.rollout import ModelPolicy, make_envs, run_episodes  # noqa: E402
+from rlagent.rollout.engine import ModelPolicy, make_envs, run_episodes  # noqa: E402
 
 ENV_ID = "rlagent/Calculator-v0"
 
@@ -72,8 +72,8 @@ def trained_tiny(steps: int, folder: str) -> str:
 
 
 def load(path: str):
-    from rlagent.config import ModelConfig
-    from rlagent.modeling import load_causal_lm, load_tokenizer
+    from rlagent.common.config import ModelConfig
+    from rlagent.common.modeling import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(ModelConfig(name_or_path=path), tokenizer, seed=0)

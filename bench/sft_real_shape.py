@@ -14,7 +14,8 @@ Sides (each its own process, same data, same micro-batches, AdamW, fp32 on CPU):
   trl-sft       TRL's SFTTrainer (assistant-only loss from an assistant_masks column, its own chunked LM-head loss),
                 full fine-tuning, fed the same token ids and masks; a TrainerCallback is its lock-step gate
 One optimizer step = `--batch` conversations (Calculator scripted-expert demonstrations rendered with the SmolLM2
-template that rlagent.chat_templates.prepare_tokenizer gives it), in micro-batches of `--micro`, each right-padded to
+template that rlagent.common.chat_templates.prepare_tokenizer gives it), in micro-batches of `--micro`, each
+right-padded to
 `--width` tokens so every side sees the same B x T shape. Workers are stepped one at a time, alternating
 (bench/lockstep.py), so a busy machine slows every side alike; peak RSS (VmHWM) is each process's own, after
 set-up (model, data, optimiser) and after the measured steps.
@@ -59,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sft_config(args, side: str):
-    from rlagent.config import load_config
+    from rlagent.common.config import load_config
     from rlagent.train_sft import SFTConfig
 
     overrides = [
@@ -81,7 +82,7 @@ def micro_batches(args, cfg, tokenizer) -> list[list[dict]]:
     """Steps of micro-batches, every row right-padded to --width (the same tensors on every side)."""
     import torch
 
-    from rlagent.data import collate_right_padded
+    from rlagent.common.data import collate_right_padded
     from rlagent.train_sft import prepare_data
 
     train_set, _, _ = prepare_data(cfg, tokenizer)
@@ -121,7 +122,7 @@ def train_step(side: str, model, optimizer, step: list[dict]) -> dict:
 def run_worker(args) -> None:
     import torch
 
-    from rlagent.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
+    from rlagent.common.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
 
     gate = Gate()
     t0 = time.perf_counter()

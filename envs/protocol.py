@@ -1,7 +1,7 @@
 """What rlagent's rollout engine needs from an environment, and `check_env` / `check_step` that enforce it.
 
-An environment is a `gymnasium.Env` whose action is the assistant's text. The engine (rlagent/rollout.py) renders the
-conversation through the model's chat template, so what it reads is chat MESSAGES, not observations:
+An environment is a `gymnasium.Env` whose action is the assistant's text. The engine (rlagent/rollout/engine.py)
+renders the conversation through the model's chat template, so what it reads is chat MESSAGES, not observations:
 
 reset(seed=int, options=dict | None) -> (observation, info)
     info["messages"]  REQUIRED. The chat so far in Hugging Face format: a non-empty list of {"role", "content"}

@@ -14,11 +14,11 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from rlagent.chat_templates import sync_model_with_tokenizer
-from rlagent.config import ModelConfig, TinyModelConfig
-from rlagent.model_sources import is_adapter_folder
-from rlagent.modeling import TINY, load_pretrained_causal_lm, model_path, resolve_dtype
-from rlagent.tiny import tiny_llama_config
+from rlagent.common.chat_templates import sync_model_with_tokenizer
+from rlagent.common.config import ModelConfig, TinyModelConfig
+from rlagent.common.model_sources import is_adapter_folder
+from rlagent.common.modeling import TINY, load_pretrained_causal_lm, model_path, resolve_dtype
+from rlagent.common.tiny import tiny_llama_config
 
 
 def build_tiny_reward_model(cfg: TinyModelConfig, tokenizer, seed: int) -> LlamaForSequenceClassification:

@@ -3,7 +3,7 @@
 A pair is `{"prompt": [msgs], "chosen": [msgs], "rejected": [msgs], "tools": [...]}` (TRL's explicit prompt:
 continuations of a shared prompt) or `{"chosen": [msgs], "rejected": [msgs]}` (TRL's implicit prompt: whole
 conversations whose shared prefix is the prompt; kept whole, as the reward model scores whole conversations), as in
-TRL's conversational preference datasets, from any source rlagent.data.iter_records reads (JSONL, Parquet, JSON,
+TRL's conversational preference datasets, from any source rlagent.common.data.iter_records reads (JSONL, Parquet, JSON,
 a save_to_disk folder).
 Optional fields: `tools` (JSON schemas), `margin` (a number, TRL's per-pair margin), `kind` (where the pair came
 from); other fields are ignored.
@@ -20,15 +20,15 @@ import math
 import random
 import re
 
-from rlagent.data import DataError, check_messages, check_tools, iter_records
+from rlagent.common.data import DataError, check_messages, check_tools, iter_records
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 NAME = re.compile(r"\b[A-Z][a-z]+\b")
 
 
 def read_pairs(path: str) -> list[dict]:
-    """Validated pairs from JSONL, a Parquet/JSON/Arrow file or a save_to_disk folder (rlagent.data.iter_records);
-    any problem raises DataError naming the file, line (or row) and field."""
+    """Validated pairs from JSONL, a Parquet/JSON/Arrow file or a save_to_disk folder
+    (rlagent.common.data.iter_records); any problem raises DataError naming the file, line (or row) and field."""
     pairs = []
     for where, obj in iter_records(path):
         pairs.append(check_pair(obj, where))

@@ -21,7 +21,7 @@ import warnings
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlagent.chat import encode_many
+from rlagent.common.chat import encode_many
 
 NORMALIZATION_FILE = "reward_normalization.json"
 

@@ -8,7 +8,7 @@ From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()]) 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
 were all dropped by scoring (missing end-of-turn with reward.missing_eos=mask, non-finite scores) skips 3-7 on every
-process. All math lives in rlagent/ppo_core.py; the config sections in rlagent/ppo_config.py.
+process. All math lives in rlagent/algorithms/ppo_core.py; the config sections in rlagent/training/ppo_config.py.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from trl.models.utils import unwrap_model_for_generation
 
 from reward_models.combine import combine_rewards
 from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
-from rlagent import ppo_core as core
-from rlagent.config import ConfigError, parse_args, run_main, save_config
-from rlagent.modeling import count_parameters, load_tokenizer
-from rlagent.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
+from rlagent.algorithms import ppo_core as core
+from rlagent.common.config import ConfigError, parse_args, run_main, save_config
+from rlagent.common.modeling import count_parameters, load_tokenizer
+from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
+from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
+from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
     AlgoConfig,
     CurriculumConfig,
     EnvConfig,
@@ -37,19 +40,16 @@ from rlagent.ppo_config import (  # noqa: F401  (re-exported: users import the c
     ScoreConfig,
     ValueConfig,
 )
-from rlagent.ppo_models import batched, forward_policy, forward_value, load_models, ppo_epochs, reference_context
-from rlagent.ppo_schedule import Curriculum, episode_seeds, sample_rows
-from rlagent.rollout import ModelPolicy, Trajectory, make_envs, run_episodes
-from rlagent.tracking import Progress, Tracker
-from rlagent.training import (
-    build_optimizer,
-    load_checkpoint,
-    make_accelerator,
-    resolve_resume,
-    save_checkpoint,
-    save_final,
-    set_seed,
+from rlagent.training.ppo_models import (
+    batched,
+    forward_policy,
+    forward_value,
+    load_models,
+    ppo_epochs,
+    reference_context,
 )
+from rlagent.training.setup import build_optimizer, make_accelerator, set_seed
+from rlagent.training.tracking import Progress, Tracker
 
 # TRL's unwrap_model_for_generation reads a transformers attribute deprecated in v5; the warning is not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

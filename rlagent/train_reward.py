@@ -35,11 +35,12 @@ from reward_models.scoring import (
     raw_scores,
     render_many_for_reward,
 )
-from rlagent.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
-from rlagent.data import DataError, write_jsonl
-from rlagent.fit import SupervisedConfig, SupervisedTask, fit
-from rlagent.modeling import disable_dropout, load_tokenizer, make_trainable
-from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
+from rlagent.common.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
+from rlagent.common.data import DataError, write_jsonl
+from rlagent.common.modeling import disable_dropout, load_tokenizer, make_trainable
+from rlagent.training.checkpoints import save_final
+from rlagent.training.fit import SupervisedConfig, SupervisedTask, fit
+from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 
 
 @dataclass

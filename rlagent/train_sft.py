@@ -18,19 +18,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlagent.config import DataSourceConfig, ModelConfig, config_to_dict, doc, parse_args, run_main
-from rlagent.data import (
+from rlagent.algorithms.ppo_core import selected_cross_entropy_sum
+from rlagent.common.config import DataSourceConfig, ModelConfig, config_to_dict, doc, parse_args, run_main
+from rlagent.common.data import (
     TokenizedConversation,
     TokenizedDataset,
     collate_right_padded,
     iter_conversations,
     tokenized_dataset,
 )
-from rlagent.fit import SupervisedConfig, SupervisedTask, fit
-from rlagent.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
-from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
-from rlagent.ppo_core import selected_cross_entropy_sum
-from rlagent.training import check_batch_shape, make_accelerator, save_final, set_seed
+from rlagent.common.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
+from rlagent.training.checkpoints import save_final
+from rlagent.training.fit import SupervisedConfig, SupervisedTask, fit
+from rlagent.training.output_head import CHUNK_TOKENS, hidden_before, output_head
+from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 
 
 @dataclass
@@ -112,7 +113,7 @@ def token_loss_sum(model, batch: dict, selective: bool = True) -> tuple[torch.Te
     """Summed cross-entropy over assistant tokens (logits at t score token t+1) and the token count.
 
     `selective` (model.selective_head): the output head runs on assistant positions only, in chunks
-    (rlagent.output_head); otherwise, or when the head does not allow it, on full logits.
+    (rlagent.training.output_head); otherwise, or when the head does not allow it, on full logits.
     """
     labels = batch["labels"]
     count = int((labels[:, 1:] != -100).sum())

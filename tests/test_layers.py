@@ -1,10 +1,11 @@
 """The import layers of the project, checked on the source (AST) so that no test run can hide an import.
 
-    envs  <-  common  <-  reward_models  <-  engine  <-  stages
+    envs <- rlagent/common <- reward_models <- rlagent/algorithms <- rlagent/rollout <- rlagent/training
+         <- rlagent/train_*.py <- rlagent/cli
 
-A layer may import the layers to its left and itself, never one to its right. Every import counts, including those
-inside functions: a lazy import is still a dependency. LAYERS below is the source of truth; the README's
-"Architecture" section describes it.
+A layer is a package, so the folders show the layers. A layer may import the layers MAY_IMPORT grants it (never one
+to its right). Every import counts, including those inside functions: a lazy import is still a dependency.
+LAYER_ORDER and MAY_IMPORT below are the source of truth; the README's "Architecture" section draws them.
 """
 
 from __future__ import annotations
@@ -18,58 +19,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("envs", "rlagent", "reward_models")
 
-# layer -> the modules (or whole packages, written "pkg.*") in it
-LAYERS = {
-    # Environments, tools, tasks and the scripted experts: plain Python, no training code.
-    "envs": {"envs.*"},
-    # What the training stages and the reward-model package share: config dataclasses, data reading, model and
-    # tokenizer loading, the tiny tokenizer/model, tokenisation and chat-template rendering.
-    "common": {
-        "rlagent.config",
-        "rlagent.data",
-        "rlagent.modeling",
-        "rlagent.model_sources",
-        "rlagent.tiny",
-        "rlagent.chat",
-        "rlagent.chat_templates",
-    },
-    # Reward models: heads, losses, preference pairs, scoring.
-    "reward_models": {"reward_models.*"},
-    # The rollout engine and the PPO building blocks the stages are assembled from (ppo_models loads reward models).
-    "engine": {
-        "rlagent.decoding",
-        "rlagent.policies",
-        "rlagent.rollout",
-        "rlagent.transcripts",
-        "rlagent.ppo_core",
-        "rlagent.ppo_models",
-        "rlagent.output_head",
-        "rlagent.ppo_schedule",
-        "rlagent.tracking",
-        "rlagent.training",
-        "rlagent.fit",
-        "rlagent.ppo_config",
-    },
-    # Entry points: one script per stage, eval, the rollout CLI, the quickstart and the `rlagent` command.
-    "stages": {
-        "rlagent",
-        "rlagent.cli",
-        "rlagent.train_sft",
-        "rlagent.train_reward",
-        "rlagent.train_ppo",
-        "rlagent.evaluate",
-        "rlagent.rollout_cli",
-        "rlagent.quickstart",
-    },
+# The layers, left to right, ARE the packages: a module's layer is its top-level package, or for rlagent the
+# subpackage it lives in (the stage scripts rlagent/train_*.py and the package root are the "stages" layer).
+LAYER_ORDER = ("envs", "common", "reward_models", "algorithms", "rollout", "training", "stages", "cli")
+LAYER_DOCS = {
+    "envs": "environments, tools, tasks and the scripted experts: plain Python, no training code",
+    "common": "rlagent/common: config, data reading, model/tokenizer loading, tiny default, chat templates",
+    "reward_models": "reward models: heads, losses, preference pairs, scoring",
+    "algorithms": "rlagent/algorithms: the RL math, pure tensor functions",
+    "rollout": "rlagent/rollout: the multi-turn engine, generation, policies, episode schedule, transcripts",
+    "training": "rlagent/training: the supervised loop, PPO's models and update, checkpoints, tracking",
+    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py (users launch them by path)",
+    "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart",
 }
 
-# layer -> the layers its modules may import (its own included)
+# layer -> the layers its modules may import (its own included); the math imports nothing of the project
 MAY_IMPORT = {
     "envs": {"envs"},
     "common": {"envs", "common"},
     "reward_models": {"envs", "common", "reward_models"},
-    "engine": {"envs", "common", "reward_models", "engine"},
-    "stages": set(LAYERS),
+    "algorithms": {"algorithms"},
+    "rollout": {"envs", "common", "rollout"},
+    "training": {"envs", "common", "reward_models", "algorithms", "training"},
+    "stages": set(LAYER_ORDER) - {"cli"},
+    "cli": set(LAYER_ORDER),
 }
 
 
@@ -118,17 +91,15 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def in_layer(module: str, layer: str) -> bool:
-    return any(
-        module == member or (member.endswith(".*") and (module + ".").startswith(member[:-1]))
-        for member in LAYERS[layer]
-    )
-
-
 def layer_of(module: str) -> str:
-    homes = [layer for layer in LAYERS if in_layer(module, layer)]
-    assert len(homes) == 1, f"{module} is in layers {homes}; add it to exactly one in tests/test_layers.py LAYERS"
-    return homes[0]
+    parts = module.split(".")
+    if parts[0] != "rlagent":
+        return parts[0]
+    layer = parts[1] if len(parts) > 1 and parts[1] in LAYER_ORDER else "stages"
+    assert layer != "stages" or len(parts) == 1 or parts[1].startswith("train_"), (
+        f"{module} sits at the top of rlagent/: only the stage scripts train_*.py do; move it into a layer's package"
+    )
+    return layer
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -153,16 +124,22 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_every_module_is_in_exactly_one_layer():
+def test_every_module_is_in_a_known_layer():
     for module in project_modules():
-        layer_of(module)
+        assert layer_of(module) in LAYER_ORDER, module
+
+
+def test_the_layer_order_is_the_import_order():
+    # each layer may import only itself and layers to its left
+    for i, layer in enumerate(LAYER_ORDER):
+        assert MAY_IMPORT[layer] <= set(LAYER_ORDER[: i + 1]), layer
 
 
 def test_the_import_graph_sees_lazy_and_relative_imports():
     # Guards the checker itself: tiny.py imports envs inside a function, and evaluate imports the engine at the top.
     graph = import_graph()
-    assert "envs.experts" in graph["rlagent.tiny"]
-    assert "rlagent.rollout" in graph["rlagent.evaluate"]
+    assert "envs.experts" in graph["rlagent.common.tiny"]
+    assert "rlagent.rollout.engine" in graph["rlagent.cli.evaluate"]
     assert "envs.env" in graph["envs"]
 
 
@@ -176,7 +153,7 @@ def test_find_cycle_reports_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("layer", LAYER_ORDER)
 def test_layer_imports_only_what_it_may(layer):
     bad = [
         f"{module} imports {target} ({layer_of(target)})"

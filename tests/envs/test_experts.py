@@ -82,10 +82,10 @@ def test_preference_pairs_share_the_task(env_id):
 
 def test_render_through_the_tiny_chat_template():
     """The expert's call text is exactly what the tiny chat template renders for the structured call."""
-    tiny = pytest.importorskip("rlagent.tiny")
+    tiny = pytest.importorskip("rlagent.common.tiny")
     template = getattr(tiny, "CHAT_TEMPLATE", None)
     if template is None:
-        pytest.skip("rlagent.tiny has no CHAT_TEMPLATE")
+        pytest.skip("rlagent.common.tiny has no CHAT_TEMPLATE")
     from transformers.utils.chat_template_utils import render_jinja_template
 
     env = gym.make("rlagent/Calculator-v0")

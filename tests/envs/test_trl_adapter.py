@@ -7,8 +7,8 @@ import pytest
 from envs import TRLEnvironment, check_env, check_step, make_env
 from envs.parsing import format_tool_call
 from examples.trl_counter import Counter, rows, said_the_count
-from rlagent.rollout import TextPolicy, run_episodes
-from rlagent.tiny import build_tiny_tokenizer
+from rlagent.common.tiny import build_tiny_tokenizer
+from rlagent.rollout.engine import TextPolicy, run_episodes
 
 SPEC = "examples.trl_counter:make_env"
 
@@ -177,8 +177,8 @@ def test_same_class_trains_one_step_in_trl_grpo(tmp_path):
     from trl import GRPOConfig, GRPOTrainer
     from trl.chat_template_utils import qwen3_template
 
-    from rlagent.config import TinyModelConfig
-    from rlagent.tiny import build_tiny_model
+    from rlagent.common.config import TinyModelConfig
+    from rlagent.common.tiny import build_tiny_model
 
     resets = []
 

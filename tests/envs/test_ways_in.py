@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from rlagent import evaluate, rollout_cli
-from rlagent.config import ConfigError
+from rlagent.cli import evaluate, rollout_cli
+from rlagent.common.config import ConfigError
 from tests.conftest import SMALL_MODEL, assert_metrics_documented, read_metrics, run_cli
 
 PLUGIN = "tests.envs.byo_plugin"
@@ -60,7 +60,7 @@ def test_eval_rejects_a_bad_wrapper_before_loading_anything(capsys):
 def test_one_ppo_iteration_on_all_four_ways_in(tmp_path):
     """One subprocess: 5 episodes, one per way in plus examples/trl_counter.py (the class that
     tests/envs/test_trl_adapter.py trains with TRL's GRPOTrainer), prompt injection on, two reward functions
-    logged as reward/<name>. Iteration 1 plays seeds 0-4 (rlagent.ppo_schedule.episode_seeds);
+    logged as reward/<name>. Iteration 1 plays seeds 0-4 (rlagent.rollout.schedule.episode_seeds);
     broken_on_odd_seeds fails on 0 and 4 (NaN), 1 and 3 (raises), even at weight 0, so those four are dropped
     and counted and seed 2 is trained on."""
     run_cli("rlagent", "ppo", f"output_dir={tmp_path}", "model.name_or_path=tiny", *SMALL_MODEL, "progress=false",
@@ -77,7 +77,7 @@ def test_one_ppo_iteration_on_all_four_ways_in(tmp_path):
 
 
 def test_a_bad_spec_is_a_config_error_naming_it():
-    """The CLIs print a ConfigError as one line (rlagent.config.run_main) instead of a traceback."""
+    """The CLIs print a ConfigError as one line (rlagent.common.config.run_main) instead of a traceback."""
     with pytest.raises(ConfigError, match=r"^environment 'no_such_pkg_xyz:Env': no module named 'no_such_pkg_xyz'"):
         rollout_cli.main(["--env", "no_such_pkg_xyz:Env", "--policy", "random", "--episodes", "1"])
     with pytest.raises(ConfigError, match=r"environment 'tests.envs.byo_plugin:nothing'.* has no attribute 'nothing'"):

@@ -6,8 +6,8 @@ from envs import PromptInjection, ToolFaults, make_env, wrap_env
 from envs.experts import ScriptedExpert
 from envs.parsing import format_tool_call
 from envs.wrappers import DEFAULT_INJECTION, DEFAULT_RATE
-from rlagent.rollout import TextPolicy, run_episodes
-from rlagent.tiny import build_tiny_tokenizer
+from rlagent.common.tiny import build_tiny_tokenizer
+from rlagent.rollout.engine import TextPolicy, run_episodes
 
 CALC = "rlagent/Calculator-v0"
 UNITS = "examples.unit_conversion:make_env"

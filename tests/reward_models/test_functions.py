@@ -8,7 +8,7 @@ import torch
 
 from reward_models.combine import combine_rewards
 from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
-from rlagent.config import load_config
+from rlagent.common.config import load_config
 from rlagent.train_ppo import PPOConfig, score_episodes
 
 PLUGIN = "tests.envs.byo_plugin"

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from reward_models.pairs import RULES, pair_conversations, read_pairs, rule_negative_pairs
-from rlagent.data import DataError
+from rlagent.common.data import DataError
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
 from tests.reward_models.pair_data import addition_pairs, write_pairs
 

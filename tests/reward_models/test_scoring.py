@@ -17,8 +17,8 @@ from reward_models.scoring import (
     render_many_for_reward,
     right_pad,
 )
-from rlagent.config import ModelConfig, TinyModelConfig
-from rlagent.tiny import EOS, IM_END, IM_START, PAD, TOOL_TOKENS, build_tiny_model, build_tiny_tokenizer
+from rlagent.common.config import ModelConfig, TinyModelConfig
+from rlagent.common.tiny import EOS, IM_END, IM_START, PAD, TOOL_TOKENS, build_tiny_model, build_tiny_tokenizer
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

@@ -8,10 +8,10 @@ import sys
 
 import torch
 
-from rlagent.config import load_config
-from rlagent.ppo_models import ppo_minibatch_step
+from rlagent.common.config import load_config
 from rlagent.train_ppo import PPOConfig
-from rlagent.training import make_accelerator
+from rlagent.training.ppo_models import ppo_minibatch_step
+from rlagent.training.setup import make_accelerator
 
 
 def main() -> None:

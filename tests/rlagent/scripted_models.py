@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from rlagent.config import TinyModelConfig
-from rlagent.tiny import build_tiny_model
+from rlagent.common.config import TinyModelConfig
+from rlagent.common.tiny import build_tiny_model
 
 SMALL = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
 # exp(-1e4) is exactly 0 in float32, so softmax puts probability 1 on the scripted token (sampling is forced too),

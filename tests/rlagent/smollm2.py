@@ -29,7 +29,7 @@ def require_smollm2() -> None:
 @functools.lru_cache(maxsize=1)
 def smollm2_dir() -> str:
     """The cached Hugging Face folder of SmolLM2-135M-Instruct (converted on the first call of any run)."""
-    from rlagent.model_sources import resolve_model_path
+    from rlagent.common.model_sources import resolve_model_path
 
     require_smollm2()
     return resolve_model_path("smollm2-135m-instruct")
@@ -51,7 +51,7 @@ def smollm2_tokenizer():
 def smollm2_truncated(out_dir: str, num_layers: int = 1) -> str:
     """A copy of SmolLM2 with only its first `num_layers` decoder layers (real vocabulary, embeddings and template),
     written to `out_dir` (a test's temporary folder) once per session."""
-    from rlagent.model_sources import truncated_copy
+    from rlagent.common.model_sources import truncated_copy
 
     if not os.path.isfile(os.path.join(out_dir, "config.json")):
         truncated_copy(smollm2_dir(), num_layers, out_dir)

@@ -14,7 +14,7 @@ import sys
 import pytest
 import transformers
 
-import rlagent.data
+import rlagent.common.data
 from rlagent.cli import main as cli_main
 from tests.conftest import BIN, ROOT, SMALL_MODEL, addition_conversation
 
@@ -146,7 +146,7 @@ def assert_one_error_line(text: str, fragments: list[str], workdir) -> None:
 def test_bad_input_in_process(case_id, argv, fragments, workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     if case_id == "sft-huge-line":
-        monkeypatch.setattr(rlagent.data, "MAX_LINE_BYTES", 4096)  # a huge line without writing 64 MiB
+        monkeypatch.setattr(rlagent.common.data, "MAX_LINE_BYTES", 4096)  # a huge line without writing 64 MiB
     monkeypatch.setattr(sys, "argv", ["rlagent"])
     monkeypatch.setattr(transformers.PreTrainedModel, "__init__", no_model)  # bad input must fail before any model
     with pytest.raises(SystemExit) as exit_info:

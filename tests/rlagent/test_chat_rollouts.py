@@ -11,10 +11,10 @@ import pytest
 
 from envs.experts import ScriptedExpert
 from envs.parsing import parse_assistant
-from rlagent.chat import SENTINEL, encode
-from rlagent.chat_templates import end_of_turn_token, prepare_tokenizer, read_template
-from rlagent.rollout import TextPolicy, make_envs, run_episodes
-from rlagent.tiny import build_tiny_tokenizer
+from rlagent.common.chat import SENTINEL, encode
+from rlagent.common.chat_templates import end_of_turn_token, prepare_tokenizer, read_template
+from rlagent.common.tiny import build_tiny_tokenizer
+from rlagent.rollout.engine import TextPolicy, make_envs, run_episodes
 from tests.rlagent.smollm2 import require_smollm2, smollm2_tokenizer
 from tests.rlagent.test_chat_templates import TOOL_TEMPLATES, trl_template
 
@@ -143,7 +143,7 @@ def test_rollout_on_every_template(which, template, form):
 
 def test_matrix_covers_a_template_that_is_not_prefix_stable_and_both_forms_differ():
     """Guards the matrix: Qwen3's template is in it, and the compact form really differs from its canonical one."""
-    from rlagent.chat_templates import is_prefix_stable
+    from rlagent.common.chat_templates import is_prefix_stable
 
     tokenizer = make_tokenizer("tiny", "qwen3.jinja")
     assert "qwen3.jinja" in TEMPLATES and not is_prefix_stable(tokenizer) and speaks_hermes(tokenizer)

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from envs.parsing import format_tool_call, parse_assistant
-from rlagent import chat_templates
-from rlagent.chat_templates import (
+from rlagent.common import chat_templates
+from rlagent.common.chat_templates import (
     ChatTemplateError,
     assistant_char_spans,
     assistant_token_mask,
@@ -23,9 +23,9 @@ from rlagent.chat_templates import (
     trl_templates_dir,
     trl_training_template,
 )
-from rlagent.config import TinyModelConfig
-from rlagent.rollout import TextPolicy, make_envs, render_env_reply, run_episodes
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.common.config import TinyModelConfig
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.rollout.engine import TextPolicy, make_envs, render_env_reply, run_episodes
 from tests.rlagent.smollm2 import require_smollm2, smollm2_tokenizer
 
 ASSISTANT_TEXT = ["tool_name_q7", "arg_key_q7", "arg_value_q7", "answer_text_q7"]
@@ -290,7 +290,7 @@ def test_prepare_swaps_qwen3_for_its_training_template_so_rollouts_can_append():
     tokenizer.chat_template = trl_template("qwen3.jinja")
     messages, tools = probe_conversation()
     history, reply = messages[:3], messages[3:4]
-    # The raw template is not prefix-stable, yet the reply is appended with the right boundary (rlagent.chat's
+    # The raw template is not prefix-stable, yet the reply is appended with the right boundary (rlagent.common.chat's
     # history-end search); the training twin, being prefix-stable, gives the same reply by the plain delta.
     expected = (
         "\n<|im_start|>user\n<tool_response>\ntool_result_q7\n</tool_response><|im_end|>\n<|im_start|>assistant\n"

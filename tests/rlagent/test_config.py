@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlagent.config import ConfigError, load_config
+from rlagent.common.config import ConfigError, load_config
 from rlagent.train_sft import SFTConfig
 
 
@@ -114,7 +114,7 @@ def test_partial_nested_override_keeps_stage_defaults():
 
 def test_every_stage_config_has_the_common_keys_with_its_own_defaults():
     """The keys every stage has come from StageConfig; a stage's own defaults (output folder, length) survive."""
-    from rlagent.config import StageConfig
+    from rlagent.common.config import StageConfig
     from rlagent.train_ppo import PPOConfig
     from rlagent.train_reward import RewardConfig
 

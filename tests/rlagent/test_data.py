@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlagent.data import (
+from rlagent.common.data import (
     DataError,
     check_tools,
     iter_conversations,
@@ -13,7 +13,7 @@ from rlagent.data import (
     tokenize_conversation,
     tokenized_dataset,
 )
-from rlagent.tiny import build_tiny_tokenizer
+from rlagent.common.tiny import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +96,9 @@ def test_bad_jsonl_line_names_file_line_and_column(tmp_path, content, message):
 
 
 def test_line_over_the_limit_is_an_error_not_a_memory_blowup(tmp_path, monkeypatch):
-    import rlagent.data
+    import rlagent.common.data
 
-    monkeypatch.setattr(rlagent.data, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(rlagent.common.data, "MAX_LINE_BYTES", 100)
     path = tmp_path / "long.jsonl"
     path.write_text('{"a": 1}\n' + "x" * 101 + "\n")
     with pytest.raises(DataError, match=rf"^{path}:2: line longer than 100 bytes"):

@@ -1,5 +1,5 @@
-"""SFT conversations and preference pairs from every source rlagent.data.iter_records reads: JSONL, Parquet, JSON,
-a save_to_disk folder (Dataset and DatasetDict), in TRL's conversational formats; each read back exactly."""
+"""SFT conversations and preference pairs from every source rlagent.common.data.iter_records reads: JSONL, Parquet,
+JSON, a save_to_disk folder (Dataset and DatasetDict), in TRL's conversational formats; each read back exactly."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from reward_models.pairs import read_pairs
-from rlagent.data import DataError, check_input_file, iter_conversations, read_conversations
+from rlagent.common.data import DataError, check_input_file, iter_conversations, read_conversations
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
 
 SEARCH_SCHEMA = {

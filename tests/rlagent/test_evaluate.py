@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from envs.experts import ScriptedExpert
-from rlagent.config import TinyModelConfig
-from rlagent.data import read_conversations, tokenize_conversation
-from rlagent.evaluate import compare, evaluate_policy, wilson_interval
-from rlagent.policies import TextPolicy
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
-from rlagent.transcripts import wording_breakdown, wording_cell
+from rlagent.cli.evaluate import compare, evaluate_policy, wilson_interval
+from rlagent.common.config import TinyModelConfig
+from rlagent.common.data import read_conversations, tokenize_conversation
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.rollout.policies import TextPolicy
+from rlagent.rollout.transcripts import wording_breakdown, wording_cell
 from tests.rlagent.scripted_models import CountdownScript, first_token_tiny, rigged_tiny
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"

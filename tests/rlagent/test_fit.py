@@ -5,8 +5,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlagent.fit import EarlyStopping, SupervisedConfig, SupervisedTask, restore_state, split_batch, train_step
-from rlagent.training import batch_indices, make_accelerator
+from rlagent.training.fit import (
+    EarlyStopping,
+    SupervisedConfig,
+    SupervisedTask,
+    restore_state,
+    split_batch,
+    train_step,
+)
+from rlagent.training.setup import batch_indices, make_accelerator
 
 # Examples (x, u): x scales the loss, u is how many units (tokens, pairs) the example holds.
 EXAMPLES = [(1.0, 1), (2.0, 3), (3.0, 2), (4.0, 4)]

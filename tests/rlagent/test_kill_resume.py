@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rlagent import training
-from rlagent.tracking import Tracker
+from rlagent.training import checkpoints
+from rlagent.training.tracking import Tracker
 from tests.conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "bench", "kill_resume.py")
@@ -45,7 +45,7 @@ def test_a_kill_during_the_trim_loses_no_rows(tmp_path, monkeypatch):
     def killed(*_):
         raise KeyboardInterrupt  # stands for the SIGKILL arriving just before the rename
 
-    monkeypatch.setattr("rlagent.tracking.os.replace", killed)
+    monkeypatch.setattr("rlagent.training.tracking.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
         Tracker(str(tmp_path), ["jsonl"], {}, "p", resume_step=2)
     assert (tmp_path / "metrics.jsonl").read_text() == row(1) + row(2) + row(3)
@@ -63,13 +63,13 @@ def test_a_kill_during_pruning_leaves_no_complete_but_broken_checkpoint(tmp_path
         os.remove(os.path.join(path, "model", "model.safetensors"))  # the weights went first
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rlagent.training.shutil.rmtree", killed)
+    monkeypatch.setattr("rlagent.training.checkpoints.shutil.rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        training._prune_checkpoints(str(tmp_path), keep=1)
+        checkpoints._prune_checkpoints(str(tmp_path), keep=1)
     assert not (tmp_path / "checkpoints" / "step-1" / "COMPLETE").exists()
-    assert training.latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "step-2")
+    assert checkpoints.latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "step-2")
     monkeypatch.undo()
-    training._prune_checkpoints(str(tmp_path), keep=1)  # the next prune finishes the job
+    checkpoints._prune_checkpoints(str(tmp_path), keep=1)  # the next prune finishes the job
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-2"]
 
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from rlagent import model_sources
-from rlagent.model_sources import (
+from rlagent.common import model_sources
+from rlagent.common.model_sources import (
     ModelSourceError,
     ShippedModel,
     gguf_cache_dir,
@@ -168,10 +168,10 @@ def test_saving_a_lora_model_never_looks_its_base_up_online(base, tmp_path, monk
     PEFT's own 'auto' behaviour (a local config, no network either)."""
     from peft.utils import save_and_load
 
-    from rlagent.config import LoraConfig, ModelConfig, TinyModelConfig
-    from rlagent.modeling import apply_lora
-    from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
-    from rlagent.training import save_model
+    from rlagent.common.config import LoraConfig, ModelConfig, TinyModelConfig
+    from rlagent.common.modeling import apply_lora
+    from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+    from rlagent.training.checkpoints import save_model
 
     lookups = []
     monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", lambda *a, **k: lookups.append(a) or False)

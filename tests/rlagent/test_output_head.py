@@ -1,4 +1,4 @@
-"""rlagent.output_head and its users: the head applied at selected positions only gives the full-logits path's
+"""rlagent.training.output_head and its users: the head applied at selected positions only gives the full-logits path's
 log-probs, entropies, SFT loss and gradients (float tolerance), with and without LoRA; where it cannot, callers fall
 back to full logits."""
 
@@ -7,13 +7,13 @@ import copy
 import pytest
 import torch
 
-from rlagent import ppo_core as core
-from rlagent.config import LoraConfig, ModelConfig, TinyModelConfig
-from rlagent.modeling import apply_lora
-from rlagent.output_head import head_removed, output_head
-from rlagent.ppo_models import forward_policy
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.algorithms import ppo_core as core
+from rlagent.common.config import LoraConfig, ModelConfig, TinyModelConfig
+from rlagent.common.modeling import apply_lora
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 from rlagent.train_sft import token_loss_sum
+from rlagent.training.output_head import head_removed, output_head
+from rlagent.training.ppo_models import forward_policy
 
 
 def tiny_policy(lora: bool = False, target_modules=("q_proj", "v_proj")):
@@ -135,7 +135,7 @@ def test_head_removed_restores_the_head_when_the_forward_fails():
 def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(lora):
     """model.gradient_checkpointing: each decoder layer's body runs again in the backward pass (so activations were not
     kept), and the PPO loss and every trainable gradient match the plain path."""
-    from rlagent.modeling import make_trainable
+    from rlagent.common.modeling import make_trainable
 
     ids, attention, mask = batch()
     results = []

@@ -1,11 +1,12 @@
-"""rlagent.ppo_core against numbers worked out by hand (arithmetic in the comments), float64 unless stated."""
+"""rlagent.algorithms.ppo_core against numbers worked out by hand (arithmetic in the comments), float64 unless
+stated."""
 
 import math
 
 import pytest
 import torch
 
-from rlagent import ppo_core as core
+from rlagent.algorithms import ppo_core as core
 
 F64 = torch.float64
 

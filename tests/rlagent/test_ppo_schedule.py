@@ -1,6 +1,6 @@
 """Episode seeds and the difficulty curriculum (its state survives a checkpoint)."""
 
-from rlagent.ppo_schedule import Curriculum, episode_seeds
+from rlagent.rollout.schedule import Curriculum, episode_seeds
 from rlagent.train_ppo import CurriculumConfig
 
 

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from rlagent.modeling import load_pretrained_causal_lm, load_tokenizer
+from rlagent.common.modeling import load_pretrained_causal_lm, load_tokenizer
 from tests.conftest import run_cli
 from tests.rlagent.smollm2 import require_smollm2, smollm2_truncated
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from envs.experts import ScriptedExpert
-from rlagent.data import tokenize_conversation
-from rlagent.rollout import (
+from rlagent.common.data import tokenize_conversation
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.rollout.engine import (
     ModelPolicy,
     PreallocatedCacheLayer,
     TextPolicy,
@@ -21,7 +22,6 @@ from rlagent.rollout import (
     run_episodes,
     sample_categorical,
 )
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
 from tests.rlagent.scripted_models import SMALL, CountdownScript, RiggedModel, rigged_tiny
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"

@@ -3,9 +3,9 @@
 import pytest
 
 from envs.parsing import format_tool_call
-from rlagent.policies import TextPolicy
-from rlagent.rollout import make_envs, run_episodes, truncation_penalty
-from rlagent.tiny import build_tiny_tokenizer
+from rlagent.common.tiny import build_tiny_tokenizer
+from rlagent.rollout.engine import make_envs, run_episodes, truncation_penalty
+from rlagent.rollout.policies import TextPolicy
 
 CALC = "rlagent/Calculator-v0"
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlagent.config import ConfigError, ModelConfig, TinyModelConfig
-from rlagent.data import tokenize_conversation
-from rlagent.modeling import load_causal_lm, load_tokenizer
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.common.config import ConfigError, ModelConfig, TinyModelConfig
+from rlagent.common.data import tokenize_conversation
+from rlagent.common.modeling import load_causal_lm, load_tokenizer
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
 
 
@@ -34,7 +34,7 @@ def test_tokenizer_is_deterministic_across_processes():
     import sys
 
     code = (
-        "from rlagent.tiny import build_tiny_tokenizer as b; import json; "
+        "from rlagent.common.tiny import build_tiny_tokenizer as b; import json; "
         "print(json.dumps(b().get_vocab(), sort_keys=True))"
     )
     runs = [

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlagent import ppo_core as core
-from rlagent.config import ConfigError, TinyModelConfig, load_config
-from rlagent.ppo_models import forward_policy, forward_value, load_value_model, ppo_minibatch_step
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.algorithms import ppo_core as core
+from rlagent.common.config import ConfigError, TinyModelConfig, load_config
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 from rlagent.train_ppo import Callback, PPOConfig, PPOTrainer, score_episodes
-from rlagent.training import make_accelerator
+from rlagent.training.ppo_models import forward_policy, forward_value, load_value_model, ppo_minibatch_step
+from rlagent.training.setup import make_accelerator
 from tests.conftest import BIN, SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 
 WORKER = os.path.join(os.path.dirname(__file__), "ppo_step_worker.py")
@@ -334,7 +334,7 @@ def test_some_episodes_masked_still_update_and_reset_the_streak(tmp_path):
 
 def test_value_init_policy_with_lora_copies_the_plain_backbone():
     """value.init=policy under LoRA: the critic is the starting policy's backbone, with no adapter layers in it."""
-    from rlagent.ppo_models import load_models
+    from rlagent.training.ppo_models import load_models
 
     overrides = ["model.lora.enabled=true", "model.lora.r=4", "value.init=policy", "reward.rm_weight=0"]
     overrides += ["model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2"]
@@ -355,7 +355,7 @@ def test_value_init_policy_with_lora_copies_the_plain_backbone():
 
 
 def test_value_freeze_embeddings_leaves_the_critic_embeddings_out_of_training():
-    from rlagent.ppo_models import load_models
+    from rlagent.training.ppo_models import load_models
 
     overrides = ["model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2"]
     overrides += ["reward.rm_weight=0"]

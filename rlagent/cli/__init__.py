@@ -9,9 +9,9 @@ COMMANDS = {
     "sft": ("rlagent.train_sft", "Stage 1: supervised warm start on demonstrations (assistant-only loss)."),
     "reward": ("rlagent.train_reward", "Stage 2: reward model from preference pairs (Bradley-Terry)."),
     "ppo": ("rlagent.train_ppo", "Stage 3: multi-turn PPO in a tool-use environment."),
-    "rollout": ("rlagent.rollout_cli", "Play episodes with a policy and print the transcripts."),
-    "eval": ("rlagent.evaluate", "Held-out success with confidence intervals; --compare for significance."),
-    "quickstart": ("rlagent.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
+    "rollout": ("rlagent.cli.rollout_cli", "Play episodes with a policy and print the transcripts."),
+    "eval": ("rlagent.cli.evaluate", "Held-out success with confidence intervals; --compare for significance."),
+    "quickstart": ("rlagent.cli.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
 }
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"rlagent: unknown command '{command}'\n\n{usage()}")
-    from rlagent.config import precheck_args, run_main
+    from rlagent.common.config import precheck_args, run_main
 
     if command in ("sft", "reward", "ppo"):
         precheck_args(rest, prog=f"rlagent {command}")  # before the stage module imports torch (seconds)

@@ -1,5 +1,6 @@
 """The four models of PPO (trainable policy and value, frozen reference, optional reward model) and the passes over
-them: log-prob / value forwards, one minibatch update, the PPO epochs. The loss math itself is rlagent/ppo_core.py.
+them: log-prob / value forwards, one minibatch update, the PPO epochs. The loss math itself is
+rlagent/algorithms/ppo_core.py.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import os
 import torch
 from transformers import AutoModelForTokenClassification
 
-import rlagent.ppo_core as core
-from rlagent.config import ConfigError
-from rlagent.modeling import (
+import rlagent.algorithms.ppo_core as core
+from rlagent.algorithms.ppo_core import align_values, token_entropy, token_logprobs
+from rlagent.common.config import ConfigError
+from rlagent.common.modeling import (
     check_local_path,
     disable_dropout,
     enable_gradient_checkpointing,
     load_causal_lm,
     make_trainable,
 )
-from rlagent.output_head import CHUNK_TOKENS, hidden_before, output_head
-from rlagent.ppo_core import align_values, token_entropy, token_logprobs
+from rlagent.training.output_head import CHUNK_TOKENS, hidden_before, output_head
 
 
 def load_value_model(init: str, policy, rm_path: str | None, dtype):
@@ -101,8 +102,9 @@ def forward_policy(
     """Per-token log-probs and entropies (B, T). Right padding only, so positions of real tokens start at 0.
 
     `positions` (B, T) marks the tokens whose log-prob a loss uses (the policy mask); None = every token. With
-    `selective` (model.selective_head) and a head that allows it, the head runs only there (rlagent.output_head)
-    and the other positions hold 0; otherwise full logits, and every position holds its value.
+    `selective` (model.selective_head) and a head that allows it, the head runs only there
+    (rlagent.training.output_head) and the other positions hold 0; otherwise full logits, and every position holds its
+    value.
     """
     head = output_head(model) if selective else None
     if head is None:
@@ -150,8 +152,8 @@ def ppo_minibatch_step(
 ) -> dict | None:
     """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
 
-    `cfg` is the PPO stage config (rlagent.ppo_config.PPOConfig), taken whole because it reads three sections: algo
-    (losses), optim (micro-batch, clipping) and rollout.temperature. The loss is a token mean over the GLOBAL
+    `cfg` is the PPO stage config (rlagent.training.ppo_config.PPOConfig), taken whole because it reads three sections:
+    algo (losses), optim (micro-batch, clipping) and rollout.temperature. The loss is a token mean over the GLOBAL
     minibatch: sum over this rank's tokens divided by the all-reduced policy-token count, times the process count
     because DDP averages gradients (docs/ppo.md G.27); a rank with no token of its own still runs its passes and
     contributes zero gradient. Returns None, on every rank alike, when the global minibatch has no policy token

@@ -6,8 +6,8 @@ environment's reply, and it drops finished rows from the batch at once instead o
 turn ends. Models whose cache is not a plain DynamicCache (sliding-window, hybrid) fall back to one `model.generate`
 call per turn.
 
-A policy's `act(episodes)` gets the engine's episode states (rlagent.rollout): it reads `tokens` and keeps its cache
-in `kv` / `cached_tokens`.
+A policy's `act(episodes)` gets the engine's episode states (rlagent.rollout.engine): it reads `tokens` and keeps its
+cache in `kv` / `cached_tokens`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from rlagent.chat import cut_at_eos
+from rlagent.common.chat import cut_at_eos
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen ships top_k=20, top_p=0.8, repetition_penalty
 # 1.05). HF fills every knob we leave unset from the checkpoint, so each is pinned to its neutral value.

@@ -39,10 +39,10 @@ import time
 
 import torch
 
-from rlagent.decoding import ModelPolicy
-from rlagent.policies import add_policy_arguments, load_policy
-from rlagent.rollout import play
-from rlagent.transcripts import console, episode_records, summarize, wording_cell
+from rlagent.rollout.decoding import ModelPolicy
+from rlagent.rollout.engine import play
+from rlagent.rollout.policies import add_policy_arguments, load_policy
+from rlagent.rollout.transcripts import console, episode_records, summarize, wording_cell
 
 FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
 

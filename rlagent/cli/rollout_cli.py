@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from rlagent.policies import add_policy_arguments, load_policy
-from rlagent.rollout import play
-from rlagent.transcripts import episode_records, print_stats, print_transcript, save_jsonl, summarize
+from rlagent.rollout.engine import play
+from rlagent.rollout.policies import add_policy_arguments, load_policy
+from rlagent.rollout.transcripts import episode_records, print_stats, print_transcript, save_jsonl, summarize
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from rlagent.rollout import Trajectory
+from rlagent.rollout.engine import Trajectory
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Records and summaries

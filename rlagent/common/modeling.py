@@ -1,11 +1,13 @@
 """Load tokenizers and causal-LM backbones (the policy and its reference): the embedded 'tiny' default, a local
 Hugging Face folder, a LoRA stage output (PEFT adapter, merged into its base on load), a `.gguf` file or a short name
-such as `smollm2-135m-instruct` (rlagent.model_sources); plus the dropout and LoRA helpers the stages apply to them.
+such as `smollm2-135m-instruct` (rlagent.common.model_sources); plus the dropout and LoRA helpers the stages apply to
+them.
 
-A real model's tokenizer gets rlagent's fix-ups on load (rlagent.chat_templates.prepare_tokenizer: tool-capable,
+A real model's tokenizer gets rlagent's fix-ups on load (rlagent.common.chat_templates.prepare_tokenizer: tool-capable,
 prefix-stable template, eos = end-of-turn, pad distinct from eos), printed once and saved with every final/ folder.
 
-Value models are built in rlagent.ppo_models and reward models in reward_models.modeling, both on top of this module.
+Value models are built in rlagent.training.ppo_models and reward models in reward_models.modeling, both on top of this
+module.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from rlagent.chat_templates import ChatTemplateError, prepare_tokenizer, sync_model_with_tokenizer
-from rlagent.config import ConfigError, ModelConfig
-from rlagent.model_sources import SHIPPED_MODELS, TINY, is_adapter_folder, resolve_model_path
-from rlagent.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.common.chat_templates import ChatTemplateError, prepare_tokenizer, sync_model_with_tokenizer
+from rlagent.common.config import ConfigError, ModelConfig
+from rlagent.common.model_sources import SHIPPED_MODELS, TINY, is_adapter_folder, resolve_model_path
+from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 
 # tokenizer_config.json key under which the fix-ups prepare_tokenizer made are kept, so final/ says what was changed
 FIXUPS_KEY = "rlagent_tokenizer_fixups"

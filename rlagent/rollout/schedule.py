@@ -1,14 +1,14 @@
 """What PPO plays each iteration: episode seeds and the difficulty curriculum.
 
-render_transcript and sample_rows (the sample-trajectory table) live in rlagent.transcripts; they are re-exported
-here for code that still imports them from this module.
+render_transcript and sample_rows (the sample-trajectory table) live in rlagent.rollout.transcripts; they are
+re-exported here for code that still imports them from this module.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from rlagent.transcripts import render_transcript, sample_rows
+from rlagent.rollout.transcripts import render_transcript, sample_rows
 
 __all__ = ["Curriculum", "episode_seeds", "render_transcript", "sample_rows"]
 

@@ -112,7 +112,9 @@ class DataSourceConfig:
         """data.path when source is 'file': set, and an existing file."""
         if not self.path:
             raise ConfigError("data.path must be set when data.source is 'file'")
-        from rlagent.data import check_input_file  # lazily: data imports torch, and the CLI's config precheck must not
+        from rlagent.common.data import (
+            check_input_file,  # lazily: data imports torch, and the CLI's config precheck must not
+        )
 
         check_input_file(self.path, "data.path")
         return self.path
@@ -403,7 +405,7 @@ def help_text(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
 
 def run_main(main, argv: list[str] | None = None, prog: str = "rlagent"):
     """Run a stage's main(); input errors (config, data, missing files) exit with one line instead of a traceback."""
-    from rlagent.data import DataError
+    from rlagent.common.data import DataError
 
     try:
         return main(argv)

@@ -1,6 +1,6 @@
 """The output head applied only where a loss needs it: the backbone runs once, through the model's own forward
 (so DDP / PEFT wrappers and their hooks still run), with the head swapped for Identity; the caller then applies the
-real head to the few hidden states it selected, in chunks (rlagent.ppo_core.selected_logprobs). A full
+real head to the few hidden states it selected, in chunks (rlagent.algorithms.ppo_core.selected_logprobs). A full
 B x T x V logits tensor never exists, and tokens outside the loss never reach the head.
 
 Falls back (output_head() returns None, callers take the full-logits path) when the head cannot be applied outside

@@ -7,7 +7,7 @@ import math
 import os
 import time
 
-from rlagent.config import config_to_dict
+from rlagent.common.config import config_to_dict
 
 REPORTERS = ("jsonl", "wandb", "tensorboard")
 

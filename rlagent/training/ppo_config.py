@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlagent.config import ModelConfig, OptimConfig, StageConfig, doc
+from rlagent.common.config import ModelConfig, OptimConfig, StageConfig, doc
 
 
 @dataclass

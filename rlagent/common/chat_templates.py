@@ -25,9 +25,9 @@ CHATML_START = "<|im_start|>"
 
 
 class ChatTemplateError(ValueError):
-    """A chat template rlagent cannot train with; the message says why and what to do. rlagent.modeling reports it as
-    a ConfigError of the model choice and rlagent.data as a DataError of the conversation, so a stage exits with that
-    line; this module imports nothing of rlagent's (config imports data, which imports this module)."""
+    """A chat template rlagent cannot train with; the message says why and what to do. rlagent.common.modeling reports
+    it as a ConfigError of the model choice and rlagent.common.data as a DataError of the conversation, so a stage
+    exits with that line; this module imports nothing of rlagent's (config imports data, which imports this module)."""
 
 
 def read_template(name: str) -> str:
@@ -118,7 +118,7 @@ def _check_rendered(message: dict, added: str, index: int) -> None:
     if missing:
         raise ChatTemplateError(
             f"the chat template drops part of assistant message {index} ({missing[0][:40]!r}); it needs a template "
-            "that renders content and tool_calls (see rlagent.chat_templates.prepare_tokenizer)"
+            "that renders content and tool_calls (see rlagent.common.chat_templates.prepare_tokenizer)"
         )
 
 

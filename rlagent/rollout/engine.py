@@ -1,15 +1,15 @@
 """The batched multi-turn rollout engine: many episodes at once, token in / token out, environment tokens masked out.
 
 Each turn, every still-active episode asks the policy for one assistant turn (token ids; a ModelPolicy decodes them
-all in one batch, see rlagent.decoding). The ids are kept as they are (never decoded and re-tokenised); the
-environment's reply is rendered through the chat template (rlagent.chat) and appended as tokens with policy_mask = 0
-(docs/ppo.md B.11, C.12). The finished batch is a Trajectory.
+all in one batch, see rlagent.rollout.decoding). The ids are kept as they are (never decoded and re-tokenised); the
+environment's reply is rendered through the chat template (rlagent.common.chat) and appended as tokens with policy_mask
+= 0 (docs/ppo.md B.11, C.12). The finished batch is a Trajectory.
 
     envs = make_envs("rlagent/Calculator-v0", 32, split="test")
     traj = run_episodes(ModelPolicy(model, tokenizer, greedy=True), envs, seeds=list(range(32)), tokenizer=tokenizer)
 
-The policies and chat helpers are re-exported here, so `from rlagent.rollout import ModelPolicy, TextPolicy, encode`
-keeps working; the project's own code imports them from their modules.
+The policies and chat helpers are re-exported here, so `from rlagent.rollout.engine import ModelPolicy, TextPolicy,
+encode` keeps working; the project's own code imports them from their modules.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlagent.chat import cut_at_eos, encode, encode_many, render_env_reply, render_mismatches
-from rlagent.decoding import (
+from rlagent.common.chat import cut_at_eos, encode, encode_many, render_env_reply, render_mismatches
+from rlagent.rollout.decoding import (
     NEUTRAL_SAMPLING,
     ModelPolicy,
     PreallocatedCacheLayer,
     sample_categorical,
     supports_cache_reuse,
 )
-from rlagent.policies import TextPolicy
+from rlagent.rollout.policies import TextPolicy
 
 __all__ = [
     "NEUTRAL_SAMPLING",
@@ -256,7 +256,7 @@ def make_envs(env_id: str, n: int, split: str = "train", wrappers: str | None = 
     A spec that cannot be built, an env that breaks the protocol or a bad wrapper spec is a ConfigError (the CLIs
     print it as one line)."""
     import envs  # registers rlagent/* ids
-    from rlagent.config import ConfigError
+    from rlagent.common.config import ConfigError
 
     try:
         return envs.build_envs(env_id, n, split, wrappers=wrappers, wrapper_seed=wrapper_seed, **env_kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from rlagent.config import ConfigError
+from rlagent.common.config import ConfigError
 
 TINY = "tiny"
 CACHE_ENV = "RLAGENT_CACHE"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlagent.chat_templates import ChatTemplateError, assistant_token_mask
+from rlagent.common.chat_templates import ChatTemplateError, assistant_token_mask
 
 ROLES = {"system", "user", "assistant", "tool"}
 
@@ -284,7 +284,8 @@ class TokenizedConversation:
 
 def tokenize_conversation(tokenizer, messages: list[dict], tools, max_length: int) -> TokenizedConversation:
     """Render with the chat template; the mask marks what the assistant wrote, never inferred from token ids: the
-    template's {% generation %} spans, else the prefix derivation (rlagent.chat_templates.assistant_token_mask)."""
+    template's {% generation %} spans, else the prefix derivation
+    (rlagent.common.chat_templates.assistant_token_mask)."""
     try:
         ids, mask = assistant_token_mask(tokenizer, messages, tools)
     except ChatTemplateError as err:

@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from rlagent.config import StageConfig, doc, save_config
-from rlagent.modeling import count_parameters
-from rlagent.tracking import Progress, Tracker
-from rlagent.training import batch_indices, build_optimizer, load_checkpoint, resolve_resume, save_checkpoint
+from rlagent.common.config import StageConfig, doc, save_config
+from rlagent.common.modeling import count_parameters
+from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from rlagent.training.setup import batch_indices, build_optimizer
+from rlagent.training.tracking import Progress, Tracker
 
 
 @dataclass

@@ -4,7 +4,7 @@ A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`
 file, a short name such as `smollm2-135m-instruct`, `tiny` (the untrained tiny default), `scripted` (the scripted
 expert; mistakes with probability --noise per episode) or `random` (random text and often malformed tool calls).
 Text policies (scripted, random) go through TextPolicy; models through ModelPolicy
-(rlagent.decoding).
+(rlagent.rollout.decoding).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Callable
 import torch
 from transformers.utils import logging
 
-from rlagent.chat import encode
-from rlagent.config import ModelConfig
-from rlagent.decoding import ModelPolicy
-from rlagent.modeling import load_causal_lm, load_tokenizer
+from rlagent.common.chat import encode
+from rlagent.common.config import ModelConfig
+from rlagent.common.modeling import load_causal_lm, load_tokenizer
+from rlagent.rollout.decoding import ModelPolicy
 
 PRINTABLE = string.ascii_letters + string.digits + string.punctuation + " "
 

@@ -18,7 +18,7 @@ import json
 import os
 import time
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 CONFIG_DIR = os.path.join(CONFIGS, "quickstart")
 REAL_MODEL_CONFIG_DIR = os.path.join(CONFIGS, "smollm2")  # LoRA settings sized for SmolLM2-135M; any model fits them
 ENV_IDS = ["rlagent/Calculator-v0", "rlagent/KBSearch-v0"]
@@ -151,14 +151,14 @@ def evaluate_both(args: argparse.Namespace) -> dict:
 
 def load_for_eval(spec: str):
     """(model, tokenizer) of a stage output or a model spec. Plain HF folders (the tiny pipeline's) load as they
-    always have; anything else (a LoRA adapter folder, a short name, a .gguf) through rlagent.modeling, which merges
-    adapters and applies the tokenizer fix-ups the stages trained with."""
+    always have; anything else (a LoRA adapter folder, a short name, a .gguf) through rlagent.common.modeling, which
+    merges adapters and applies the tokenizer fix-ups the stages trained with."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlagent.config import ModelConfig
-    from rlagent.model_sources import is_hf_folder
-    from rlagent.modeling import load_causal_lm, load_tokenizer
+    from rlagent.common.config import ModelConfig
+    from rlagent.common.model_sources import is_hf_folder
+    from rlagent.common.modeling import load_causal_lm, load_tokenizer
 
     if os.path.isdir(spec) and is_hf_folder(spec):
         return AutoModelForCausalLM.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
@@ -174,7 +174,7 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
     Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
     policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value (PPO vs SFT).
     """
-    from rlagent.evaluate import compare, evaluate_policy
+    from rlagent.cli.evaluate import compare, evaluate_policy
 
     loaded = {name: load_for_eval(path) for name, path in policies.items()}
     results = {}
@@ -193,7 +193,7 @@ def print_table(results: dict, seconds: dict, title: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlagent.transcripts import wording_cell
+    from rlagent.rollout.transcripts import wording_cell
 
     table = Table(title=f"rlagent quickstart{title}: held-out (test split) results")
     columns = (

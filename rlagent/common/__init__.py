@@ -1,0 +1,2 @@
+"""What every layer above shares: typed config, data reading, model/tokenizer loading, the tiny default, chat
+templates."""

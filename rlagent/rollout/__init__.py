@@ -1,0 +1,1 @@
+"""The multi-turn rollout engine: batched generation, policies, episode schedule and transcripts."""

@@ -1,0 +1,1 @@
+"""Training machinery: the supervised loop, PPO's models and update, checkpoints, tracking."""
