@@ -1,0 +1,5 @@
+"""`python -m rlagent.cli ...` is the `rlagent` command."""
+
+from rlagent.cli import main
+
+main()
