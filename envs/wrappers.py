@@ -27,8 +27,11 @@ WRAPPERS = ("prompt_injection", "tool_faults")
 DEFAULT_RATE = 0.3
 
 
-class _ToolOutputWrapper(gym.Wrapper):
-    """Rewrites some tool messages of each step; keeps the rewritten history for later steps' info["messages"]."""
+class _ToolOutputWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Rewrites some tool messages of each step; keeps the rewritten history for later steps' info["messages"].
+
+    RecordConstructorArgs puts the wrapper and its arguments into `env.spec`, so `gym.make(wrapped.spec)` rebuilds
+    the wrapped environment and gymnasium's env_checker accepts it."""
 
     info_key = ""
 
@@ -77,6 +80,7 @@ class PromptInjection(_ToolOutputWrapper):
     info_key = "injected"
 
     def __init__(self, env: gym.Env, rate: float, instruction: str = DEFAULT_INJECTION, seed: int = 0) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, rate=rate, instruction=instruction, seed=seed)
         super().__init__(env, rate, seed)
         self.instruction = instruction
 
@@ -92,6 +96,7 @@ class ToolFaults(_ToolOutputWrapper):
     def __init__(self, env: gym.Env, rate: float, kind: str = "error", seed: int = 0) -> None:
         if kind not in FAULT_KINDS:
             raise ValueError(f"ToolFaults: kind must be one of {FAULT_KINDS}, got {kind!r}")
+        gym.utils.RecordConstructorArgs.__init__(self, rate=rate, kind=kind, seed=seed)
         super().__init__(env, rate, seed)
         self.kind = kind
 

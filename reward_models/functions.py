@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -58,9 +59,13 @@ def _load(spec: str) -> Callable:
     except Exception as exc:
         raise RewardFunctionError(f"reward.functions: importing {module_name!r} for {spec!r} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-    fn = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise RewardFunctionError(f"reward.functions: module {module_name!r} has no attribute {attr!r} ({spec!r})")
+    fn = getattr(module, attr)
     if not callable(fn):
-        raise RewardFunctionError(f"reward.functions: module {module_name!r} has no function {attr!r} ({spec!r})")
+        raise RewardFunctionError(
+            f"reward.functions: {spec!r} is a {type(fn).__name__}, not a function (it must be callable)"
+        )
     return fn
 
 
@@ -101,8 +106,11 @@ def _call(fn: Callable, messages: list[dict], tools, info: dict) -> tuple[float,
         value = fn(messages, tools, info)
     except Exception as exc:  # a user's bug must cost one episode, not the run
         return math.nan, f"raised {type(exc).__name__}: {exc}"
+    # Only numbers count: a string such as "0.5" is a bug in the function, not a score.
+    if isinstance(value, str | bytes) or not isinstance(value, numbers.Real | torch.Tensor):
+        return math.nan, f"returned {type(value).__name__}, not a number"
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         return math.nan, f"returned {type(value).__name__}, not a number"
     return (value, None) if math.isfinite(value) else (math.nan, f"returned {value}")

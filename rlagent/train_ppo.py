@@ -31,6 +31,7 @@ from rlagent.common.modeling import count_parameters, load_tokenizer
 from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
 from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from rlagent.training.guards import StepGuard
 from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
     AlgoConfig,
     CurriculumConfig,
@@ -48,7 +49,7 @@ from rlagent.training.ppo_models import (
     ppo_epochs,
     reference_context,
 )
-from rlagent.training.setup import build_optimizer, make_accelerator, set_seed
+from rlagent.training.setup import build_optimizer, check_batch_shape, make_accelerator, set_seed
 from rlagent.training.tracking import Progress, Tracker
 
 # TRL's unwrap_model_for_generation reads a transformers attribute deprecated in v5; the warning is not the user's.
@@ -157,20 +158,22 @@ def advantages_for(algo: AlgoConfig, rewards, non_score, values, policy_mask, sc
 
 
 def check_shapes(cfg: PPOConfig, world: int) -> int:
-    """Episodes per rank; every divisibility rule checked up front with a message naming the fields."""
+    """Episodes per rank; every divisibility rule checked up front with a message naming the fields (the
+    micro-batch is derived from optim.batch_size and the process count, see check_batch_shape)."""
     group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
     unit = world * len(cfg.env.ids) * group
     if cfg.env.episodes % unit:
-        raise ValueError(
+        raise ConfigError(
             f"env.episodes={cfg.env.episodes} must divide by processes ({world}) x len(env.ids) "
-            f"({len(cfg.env.ids)}) x group size ({group})"
+            f"({len(cfg.env.ids)}) x group size ({group}); try env.episodes={max(1, cfg.env.episodes // unit) * unit}"
         )
-    per_rank = cfg.env.episodes // world
-    if cfg.optim.batch_size % world or per_rank % (cfg.optim.batch_size // world):
-        raise ValueError(
-            f"optim.batch_size={cfg.optim.batch_size} must divide by processes and divide "
-            f"env.episodes per process ({per_rank})"
+    per_rank, per_rank_batch = cfg.env.episodes // world, max(cfg.optim.batch_size // world, 1)
+    if cfg.optim.batch_size > cfg.env.episodes or per_rank % per_rank_batch:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} (episodes per minibatch) must divide env.episodes="
+            f"{cfg.env.episodes} into whole minibatches on each of the {world} process(es)"
         )
+    check_batch_shape(cfg.optim, world, "rlagent ppo", "episodes per minibatch")
     return per_rank
 
 
@@ -237,6 +240,11 @@ class PPOTrainer:
         set_seed(cfg.seed, self.rank)
         self.per_rank = check_shapes(cfg, self.world)
         self.group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
+        try:  # before the models: a bad spec should cost a second, not a model load
+            self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.function_weights)
+        except RewardFunctionError as err:
+            raise ConfigError(str(err)) from None
+        self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
         self._build_models()
         self.kl_ctl = (
@@ -245,14 +253,10 @@ class PPOTrainer:
             else core.FixedKLController(cfg.algo.kl_coef)
         )
         self.curriculum = Curriculum(cfg.curriculum, cfg.env.ids)
-        try:
-            self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.function_weights)
-        except RewardFunctionError as err:
-            raise ConfigError(str(err)) from None
         self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
         self.start, self.skipped_in_a_row = 0, 0
+        self.guard = StepGuard(cfg.optim.max_skipped_steps)
         self.last_metrics: dict = {}  # the latest iteration's metrics; checkpointed so a resume at the end summarises
-        self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
         if self.resume:
             self._load_checkpoint(self.resume)
         per_env = self.per_rank // len(cfg.env.ids)
@@ -294,6 +298,7 @@ class PPOTrainer:
         self.shuffle.set_state(shuffle[self.rank] if self.rank < len(shuffle) else shuffle[0])
         self.start = state["step"]
         self.skipped_in_a_row = state.get("skipped_in_a_row", 0)  # absent in checkpoints older than the field
+        self.guard.updates = state.get("updates", self.start)  # older checkpoints: any saved iteration updated
         self.last_metrics = state.get("metrics", {})
 
     def train(self) -> dict:
@@ -317,6 +322,7 @@ class PPOTrainer:
             kl, score = metrics.get("objective/kl", float("nan")), metrics["objective/scores"]
             progress.update(iteration + 1, success=metrics["env/success_rate"], kl=kl, score=score)
         progress.close()
+        self.guard.require_an_update("final/")
         save_final(accelerator, self.policy, self.tokenizer, os.path.join(cfg.output_dir, "final"))
         summary = {k: v for k, v in metrics.items() if not k.startswith("timing/")}
         summary["steps"] = cfg.max_steps
@@ -447,7 +453,15 @@ class PPOTrainer:
         train_policy = it.step - 1 >= self.cfg.value.warmup_iterations
         t1 = time.time()
         it.update = ppo_epochs(
-            self.cfg, self.accelerator, self.policy, self.value, self.optimizer, batch, train_policy, self.shuffle
+            self.cfg,
+            self.accelerator,
+            self.policy,
+            self.value,
+            self.optimizer,
+            batch,
+            train_policy,
+            self.shuffle,
+            self.guard,
         )
         self.scheduler.step()
         it.t_train = time.time() - t1
@@ -506,6 +520,8 @@ class PPOTrainer:
         cfg = self.cfg
         if not ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps):
             return
+        if self.guard.updates == 0:  # nothing learned yet: a checkpoint would only save the start model again
+            return
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -514,6 +530,7 @@ class PPOTrainer:
             "step": done,
             "shuffle": gather_generator_states(self.accelerator, self.shuffle),
             "skipped_in_a_row": self.skipped_in_a_row,
+            "updates": self.guard.updates,
             "metrics": self.last_metrics,
         }
         save_checkpoint(self.accelerator, cfg.output_dir, done, self._models(), state, cfg.keep_checkpoints)

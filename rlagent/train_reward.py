@@ -35,10 +35,22 @@ from reward_models.scoring import (
     raw_scores,
     render_many_for_reward,
 )
-from rlagent.common.config import DataSourceConfig, ModelConfig, doc, parse_args, run_main
+from rlagent.common.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    DataSourceConfig,
+    ModelConfig,
+    Range,
+    doc,
+    env_spec_errors,
+    parse_args,
+    run_main,
+)
 from rlagent.common.data import DataError, write_jsonl
 from rlagent.common.modeling import disable_dropout, load_tokenizer, make_trainable
-from rlagent.training.checkpoints import save_final
+from rlagent.training.checkpoints import check_resume_from, save_final
 from rlagent.training.fit import SupervisedConfig, SupervisedTask, fit
 from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 
@@ -48,8 +60,8 @@ class RewardDataConfig(DataSourceConfig):
     """Where preference pairs come from."""
 
     path: str | None = doc("JSONL of TRL-style pairs: prompt + chosen/rejected, or whole conversations.", None)
-    pairs: int = doc("Expert pairs per environment (source: expert).", 400)
-    noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5)
+    pairs: int = doc("Expert pairs per environment (source: expert).", 400, range=AT_LEAST_ONE)
+    noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5, range=FRACTION)
     rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
     rule_negatives_per_pair: int = doc(
         "At most this many rule-built negatives per pair (0 = every rule that applies).", 1
@@ -58,15 +70,19 @@ class RewardDataConfig(DataSourceConfig):
         "Rules to draw from (reward_models.pairs.RULES); a rule named twice is drawn twice as often.",
         factory=lambda: list(RULES),
     )
-    eval_fraction: float = doc("Fraction of pairs held out for eval accuracy and margin.", 0.1)
+    eval_fraction: float = doc(
+        "Fraction of pairs held out for eval accuracy and margin.", 0.1, range=Range(0, 1, high_inclusive=False)
+    )
 
 
 @dataclass
 class NormalizeConfig:
     """Score normalisation stored with the final model."""
 
-    reference_samples: int = doc("Conversations (chosen and rejected, held-out first) to measure mean/std on.", 512)
-    clip: float | None = doc("Clip normalised scores to [-clip, clip]; null = no clipping.", None)
+    reference_samples: int = doc(
+        "Conversations (chosen and rejected, held-out first) to measure mean/std on.", 512, range=AT_LEAST_ONE
+    )
+    clip: float | None = doc("Clip normalised scores to [-clip, clip]; null = no clipping.", None, range=POSITIVE)
 
 
 @dataclass
@@ -78,11 +94,17 @@ class RewardConfig(SupervisedConfig):
         "Backbone: 'tiny', a causal-LM folder (fresh head) or a reward-model folder.", factory=ModelConfig
     )
     data: RewardDataConfig = doc("Preference pairs.", factory=RewardDataConfig)
-    margin: float = doc("Bradley–Terry margin: chosen must win by this much (0 = off; a pair's 'margin' wins).", 0.0)
-    center_rewards_coef: float = doc(
-        "Weight of mean (r_c + r_r)² keeping scores centred (TRL uses 0.01; 0 = off).", 0.01
+    margin: float = doc(
+        "Bradley–Terry margin: chosen must win by this much (0 = off; a pair's 'margin' wins).",
+        0.0,
+        range=NON_NEGATIVE,
     )
-    max_length: int = doc("Longest conversation in tokens; longer ones keep their last max_length tokens.", 768)
+    center_rewards_coef: float = doc(
+        "Weight of mean (r_c + r_r)² keeping scores centred (TRL uses 0.01; 0 = off).", 0.01, range=NON_NEGATIVE
+    )
+    max_length: int = doc(
+        "Longest conversation in tokens; longer ones keep their last max_length tokens.", 768, range=AT_LEAST_ONE
+    )
     normalize: NormalizeConfig = doc("Score normalisation.", factory=NormalizeConfig)
     pairs_out: str | None = doc("Write the pairs used (train + eval, rule-built included) to this JSONL.", None)
 
@@ -102,7 +124,8 @@ def load_pairs(cfg: RewardConfig) -> list[dict]:
 
     rows = []
     for i, env_id in enumerate(cfg.data.env_ids):
-        pairs = generate_preference_pairs(env_id, cfg.data.pairs, noise=cfg.data.noise, seed=cfg.seed * 1000 + i)
+        with env_spec_errors(f"data.env_ids[{i}]"):
+            pairs = generate_preference_pairs(env_id, cfg.data.pairs, noise=cfg.data.noise, seed=cfg.seed * 1000 + i)
         rows += [{"prompt": [], "tools": None, **p, "kind": f"expert:{env_id}"} for p in pairs]
     return rows
 
@@ -225,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
     accelerator = make_accelerator()
     set_seed(cfg.seed, accelerator.process_index)
-    check_batch_shape(cfg.optim, accelerator.num_processes)  # fail before the pairs are built
+    check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent reward", "pairs")  # before the pairs
+    check_resume_from(cfg.resume_from)
     t_start = time.time()
 
     # 1. Data: pairs -> rule negatives -> token ids of both sides; a reference sample for normalisation.

@@ -19,8 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from rlagent.algorithms.ppo_core import selected_cross_entropy_sum
-from rlagent.common.config import DataSourceConfig, ModelConfig, config_to_dict, doc, parse_args, run_main
+from rlagent.common.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    DataSourceConfig,
+    ModelConfig,
+    Range,
+    config_to_dict,
+    doc,
+    env_spec_errors,
+    parse_args,
+    run_main,
+)
 from rlagent.common.data import (
+    DataError,
     TokenizedConversation,
     TokenizedDataset,
     collate_right_padded,
@@ -28,7 +40,7 @@ from rlagent.common.data import (
     tokenized_dataset,
 )
 from rlagent.common.modeling import disable_dropout, load_causal_lm, load_tokenizer, make_trainable
-from rlagent.training.checkpoints import save_final
+from rlagent.training.checkpoints import check_resume_from, save_final
 from rlagent.training.fit import SupervisedConfig, SupervisedTask, fit
 from rlagent.training.output_head import CHUNK_TOKENS, hidden_before, output_head
 from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
@@ -39,15 +51,21 @@ class SFTDataConfig(DataSourceConfig):
     """Where demonstrations come from."""
 
     path: str | None = doc("JSONL of {'messages': [...], 'tools': [...]} conversations (source: file).", None)
-    episodes: int = doc("Expert episodes per environment (source: expert).", 400)
-    noise: float = doc("Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0)
+    episodes: int = doc("Expert episodes per environment (source: expert).", 400, range=AT_LEAST_ONE)
+    noise: float = doc(
+        "Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0, range=FRACTION
+    )
     only_successful: bool = doc("Keep only expert episodes that succeeded.", False)
-    difficulty: int | None = doc("Task difficulty level for expert episodes (null = the environment's mix).", None)
+    difficulty: int | None = doc(
+        "Task difficulty level for expert episodes (null = the environment's mix).", None, range=AT_LEAST_ONE
+    )
     noise_modes: list[str] = doc(
         "Expert failure modes noise picks from (guess, malformed, loop, typo, one_hop).",
         factory=lambda: ["guess", "malformed", "loop", "typo", "one_hop"],
     )
-    eval_fraction: float = doc("Fraction of conversations held out for eval loss.", 0.05)
+    eval_fraction: float = doc(
+        "Fraction of conversations held out for eval loss.", 0.05, range=Range(0, 1, high_inclusive=False)
+    )
 
 
 @dataclass
@@ -57,7 +75,9 @@ class SFTConfig(SupervisedConfig):
     output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/sft")
     model: ModelConfig = doc("Model to fine-tune.", factory=ModelConfig)
     data: SFTDataConfig = doc("Demonstrations.", factory=SFTDataConfig)
-    max_length: int = doc("Longest conversation in tokens; longer ones are truncated and counted.", 768)
+    max_length: int = doc(
+        "Longest conversation in tokens; longer ones are truncated and counted.", 768, range=AT_LEAST_ONE
+    )
 
 
 def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
@@ -71,16 +91,17 @@ def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
 
     rows = []
     for i, env_id in enumerate(cfg.data.env_ids):
-        rows += generate_demonstrations(
-            env_id,
-            cfg.data.episodes,
-            noise=cfg.data.noise,
-            seed=cfg.seed * 1000 + i,
-            split="train",
-            only_successful=cfg.data.only_successful,
-            difficulty=cfg.data.difficulty,
-            modes=tuple(cfg.data.noise_modes),
-        )
+        with env_spec_errors(f"data.env_ids[{i}]"):
+            rows += generate_demonstrations(
+                env_id,
+                cfg.data.episodes,
+                noise=cfg.data.noise,
+                seed=cfg.seed * 1000 + i,
+                split="train",
+                only_successful=cfg.data.only_successful,
+                difficulty=cfg.data.difficulty,
+                modes=tuple(cfg.data.noise_modes),
+            )
     return rows, f"expert|{cfg.seed}|{config_to_dict(cfg.data)}"
 
 
@@ -155,12 +176,18 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(SFTConfig, argv, prog="rlagent sft")
     accelerator = make_accelerator()
     set_seed(cfg.seed, accelerator.process_index)
-    check_batch_shape(cfg.optim, accelerator.num_processes)  # fail before the data is built
+    check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent sft")  # fail before the data is built
+    check_resume_from(cfg.resume_from)
 
     # 1. Data: demonstrations -> token ids + assistant-only masks.
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
     train_set, eval_set, data_stats = prepare_data(cfg, tokenizer, accelerator.process_index)
+    if len(train_set) < cfg.optim.batch_size:
+        raise DataError(
+            f"only {len(train_set)} training conversations, fewer than optim.batch_size={cfg.optim.batch_size}; "
+            "add data or lower optim.batch_size"
+        )
 
     # 2. Model (dropout off).
     model = make_trainable(load_causal_lm(cfg.model, tokenizer, cfg.seed), cfg.model)

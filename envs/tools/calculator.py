@@ -33,7 +33,7 @@ _EXPONENT = re.compile(r"e([-+])0*(\d+)$")  # the exponent of a "g"-formatted fl
 Number = int | float
 
 _BINARY_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-_OP_HINTS = {ast.BitXor: "use ** for powers", ast.FloorDiv: "use / for division", ast.Mod: "% is not supported"}
+_OP_HINTS = {ast.BitXor: "use ** for powers", ast.Mod: "% is not supported"}
 
 
 class CalculatorError(ValueError):
@@ -116,6 +116,10 @@ def _apply(op: ast.operator, left: Number, right: Number) -> Number:
         return _BINARY_OPS[type(op)](left, right)
     if isinstance(op, ast.Div):
         return _divide(left, right)
+    if isinstance(op, ast.FloorDiv):  # GSM8K's annotations use // (e.g. <<25//4=6>>)
+        if right == 0:
+            raise CalculatorError("division by zero")
+        return left // right
     if isinstance(op, ast.Pow):
         return _power(left, right)
     hint = _OP_HINTS.get(type(op), "only + - * / ** are supported")

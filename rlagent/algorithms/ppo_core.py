@@ -5,7 +5,9 @@ Alignment convention (every per-token tensor is (B, T), indexed by TOKEN POSITIO
 - `values[b, t]` = V(state just before token t is generated) = critic output at position t-1; 0 at t=0.
 - `policy_mask[b, t]` = 1 exactly on tokens the policy sampled (bool or 0/1 float). Prompt, tool output,
   template tokens and padding are 0 and may sit BETWEEN policy tokens (multi-turn).
-Masked positions may hold anything (even inf/nan): every reduction selects with `torch.where`, never `x * mask`.
+Masked positions may hold anything (even inf/nan), in values AND gradients: every reduction selects with
+`torch.where`, never `x * mask`, and the losses first replace masked inputs with zeros ("double where"), because a
+NaN that only an output `where` hides still turns the backward pass into NaN (0 * nan = nan).
 """
 
 from __future__ import annotations
@@ -123,6 +125,12 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> t
     """Sum of x where mask is set (garbage outside the mask is ignored). Shape: (B, T) -> scalar or reduced."""
     selected = torch.where(mask.bool(), x, torch.zeros_like(x))
     return selected.sum() if dim is None else selected.sum(dim)
+
+
+def zero_outside(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor with its masked-out positions set to 0 (the first `where` of the double-where pattern)."""
+    mask = mask.bool()
+    return [torch.where(mask, x, torch.zeros_like(x)) for x in tensors]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -318,6 +326,7 @@ def policy_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"policy_loss: dual_clip must be > 1, got {dual_clip}")
     mask = mask.bool()
+    logprobs, old_logprobs, advantages = zero_outside(mask, logprobs, old_logprobs, advantages)
     log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
@@ -352,6 +361,7 @@ def value_loss(
     Shape: (B, T) each -> (scalar loss, dict of scalars).
     """
     mask = mask.bool()
+    values, old_values, returns = zero_outside(mask, values, old_values, returns)
     error = (values - returns) ** 2
     if clip_eps is None:
         per_token, clipped_wins = error, torch.zeros_like(error, dtype=torch.bool)

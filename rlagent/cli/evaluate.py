@@ -39,6 +39,7 @@ import time
 
 import torch
 
+from rlagent.common.config import AT_LEAST_ONE, arg_type
 from rlagent.rollout.decoding import ModelPolicy
 from rlagent.rollout.engine import play
 from rlagent.rollout.policies import add_policy_arguments, load_policy
@@ -130,7 +131,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="SPEC",
         help="Also evaluate under robustness wrappers, e.g. prompt_injection:0.3 or tool_faults:0.2:timeout.",
     )
-    parser.add_argument("--episodes", type=int, default=200, help="Test-split episodes per environment.")
+    parser.add_argument(
+        "--episodes", type=arg_type(int, AT_LEAST_ONE), default=200, help="Test-split episodes per environment."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Episode i is reset with seed SEED+i.")
     parser.add_argument("--sample", action="store_true", help="Temperature sampling instead of greedy decoding.")
     parser.add_argument("--out", metavar="FILE.json", help="Write the results as JSON.")

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from rlagent.common.config import AT_LEAST_ONE, arg_type
 from rlagent.rollout.engine import play
 from rlagent.rollout.policies import add_policy_arguments, load_policy
 from rlagent.rollout.transcripts import episode_records, print_stats, print_transcript, save_jsonl, summarize
@@ -27,7 +28,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rlagent rollout", description=__doc__.splitlines()[0])
     parser.add_argument("--env", required=True, help="Environment id, e.g. rlagent/Calculator-v0.")
     parser.add_argument("--policy", required=True, help="Model folder, 'tiny', 'scripted' or 'random'.")
-    parser.add_argument("--episodes", type=int, default=4, help="Number of episodes.")
+    parser.add_argument("--episodes", type=arg_type(int, AT_LEAST_ONE), default=4, help="Number of episodes.")
     parser.add_argument("--seed", type=int, default=0, help="Episode i is reset with seed SEED+i.")
     parser.add_argument("--split", choices=["train", "test"], default="train", help="Task split.")
     parser.add_argument("--save", metavar="FILE.jsonl", help="Write one JSON object per episode.")

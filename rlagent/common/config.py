@@ -6,8 +6,10 @@ Every stage script declares one dataclass (fields built with `doc(...)`, so each
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -22,11 +24,79 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key, the file and (when known) the line."""
 
 
-def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING):
-    """A dataclass field with a one-line help text (shown by `--help`)."""
+class TrainingError(RuntimeError):
+    """A run that cannot go on without losing work (non-finite weights, too many skipped steps); one line, exit 1."""
+
+
+INPUT_ERROR_STATUS = 2  # bad config, data or paths: the command line's fault, as argparse and most CLIs exit
+
+
+def exit_with(message: str, status: int = INPUT_ERROR_STATUS):
+    """Print one error line to stderr and exit with `status` (no traceback)."""
+    print(" ".join(message.split("\n")), file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows: `low`/`high` bounds (None = unbounded), each inclusive or not.
+
+    Every int and float field has one: a field that declares none gets the default for its type (ints >= 0, floats
+    finite), so a negative count or an inf/nan learning rate never reaches the training loop."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def allows(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        return self.high is None or value < self.high or (value == self.high and self.high_inclusive)
+
+    def describe(self) -> str:
+        """'> 0', '>= 0', 'in [0, 1]', 'in (0, 1]', 'finite'."""
+        if self.low is not None and self.high is not None:
+            left, right = "[" if self.low_inclusive else "(", "]" if self.high_inclusive else ")"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<=' if self.high_inclusive else '<'} {self.high:g}"
+        return "finite"
+
+
+POSITIVE = Range(0, None, low_inclusive=False)  # > 0
+NON_NEGATIVE = Range(0, None)  # >= 0
+AT_LEAST_ONE = Range(1, None)  # >= 1 (counts and sizes)
+FRACTION = Range(0, 1)  # in [0, 1]
+# AdamW's first step moves a weight by ~lr, which must fit in float32 (max 3.4e38): beyond that torch raises.
+LEARNING_RATE = Range(0, 1e38)  # 0 allowed: a run that only measures (gradients, metrics) without moving
+FINITE = Range()
+DEFAULT_RANGES = {int: NON_NEGATIVE, float: FINITE}
+
+
+def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING, range: Range | None = None):
+    """A dataclass field with a one-line help text (shown by `--help`) and, for numbers, the values it allows."""
+    metadata = {"help": help, "range": range}
     if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def field_range(f: dataclasses.Field, tp: Any) -> Range | None:
+    """The declared range of a numeric field, else its type's default; None for non-numeric fields."""
+    inner, _ = _unwrap_optional(tp)
+    return f.metadata.get("range") or DEFAULT_RANGES.get(inner)
+
+
+def check_range(value: Any, f: dataclasses.Field, tp: Any, key: str, where: str) -> None:
+    """A ConfigError naming the key and the allowed values when a number is outside its field's range."""
+    allowed = field_range(f, tp)
+    if allowed is not None and value is not None and not allowed.allows(value):
+        raise ConfigError(f"{where}: '{key}' must be {allowed.describe()}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -37,11 +107,11 @@ def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING):
 class TinyModelConfig:
     """Size of the embedded tiny Llama-style model (used when model.name_or_path is 'tiny')."""
 
-    hidden_size: int = doc("Width of the residual stream.", 192)
-    num_layers: int = doc("Number of transformer blocks.", 4)
-    num_heads: int = doc("Attention heads (hidden_size must divide by it).", 6)
-    intermediate_size: int = doc("Width of the MLP.", 512)
-    max_position_embeddings: int = doc("Longest sequence the model can see (byte tokens).", 1024)
+    hidden_size: int = doc("Width of the residual stream.", 192, range=AT_LEAST_ONE)
+    num_layers: int = doc("Number of transformer blocks.", 4, range=AT_LEAST_ONE)
+    num_heads: int = doc("Attention heads (hidden_size must divide by it).", 6, range=AT_LEAST_ONE)
+    intermediate_size: int = doc("Width of the MLP.", 512, range=AT_LEAST_ONE)
+    max_position_embeddings: int = doc("Longest sequence the model can see (byte tokens).", 1024, range=AT_LEAST_ONE)
 
 
 @dataclass
@@ -49,9 +119,11 @@ class LoraConfig:
     """Low-rank adapters through PEFT."""
 
     enabled: bool = doc("Train LoRA adapters instead of all weights.", False)
-    r: int = doc("Adapter rank.", 16)
-    alpha: int = doc("Adapter scaling numerator (scale = alpha / r).", 32)
-    dropout: float = doc("Dropout on adapter inputs (forced to 0 during PPO).", 0.0)
+    r: int = doc("Adapter rank.", 16, range=AT_LEAST_ONE)
+    alpha: int = doc("Adapter scaling numerator (scale = alpha / r).", 32, range=AT_LEAST_ONE)
+    dropout: float = doc(
+        "Dropout on adapter inputs (forced to 0 during PPO).", 0.0, range=Range(0, 1, high_inclusive=False)
+    )
     target_modules: list[str] = doc(
         "Module names to adapt.", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
     )
@@ -85,15 +157,23 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser, schedule and batch shape."""
 
-    lr: float = doc("Peak learning rate (AdamW).", 1e-3)
-    weight_decay: float = doc("AdamW weight decay.", 0.0)
-    warmup_ratio: float = doc("Fraction of max_steps spent warming up linearly.", 0.05)
+    lr: float = doc("Peak learning rate (AdamW).", 1e-3, range=LEARNING_RATE)
+    weight_decay: float = doc("AdamW weight decay.", 0.0, range=NON_NEGATIVE)
+    warmup_ratio: float = doc("Fraction of max_steps spent warming up linearly.", 0.05, range=FRACTION)
     schedule: Literal["cosine", "constant", "linear"] = doc("Learning-rate schedule after warm-up.", "cosine")
-    batch_size: int = doc("GLOBAL batch size (sequences per optimizer step, over all processes).", 16)
-    micro_batch_size: int = doc(
-        "Sequences per forward pass on one process (gradient accumulation fills the rest).", 16
+    batch_size: int = doc(
+        "GLOBAL batch size (sequences per optimizer step, over all processes).", 16, range=AT_LEAST_ONE
     )
-    max_grad_norm: float = doc("Clip the global gradient norm to this value.", 1.0)
+    micro_batch_size: int = doc(
+        "Sequences per forward pass on one process (gradient accumulation fills the rest).", 16, range=AT_LEAST_ONE
+    )
+    max_grad_norm: float = doc("Clip the global gradient norm to this value.", 1.0, range=POSITIVE)
+    max_skipped_steps: int = doc(
+        "Stop the run (exit 1) after this many optimizer steps in a row were skipped for a non-finite loss or "
+        "gradient.",
+        10,
+        range=AT_LEAST_ONE,
+    )
 
 
 @dataclass
@@ -132,15 +212,17 @@ class StageConfig:
     seed: int = doc(
         "Seed for weight init, data order, generated data and sampling (process k samples with seed+k).", 0
     )
-    max_steps: int = doc("Optimizer steps.", 200)
-    report_to: list[str] = doc("Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"])
+    max_steps: int = doc("Optimizer steps.", 200, range=AT_LEAST_ONE)
+    report_to: list[Literal["jsonl", "wandb", "tensorboard"]] = doc(
+        "Any of jsonl, wandb, tensorboard.", factory=lambda: ["jsonl"]
+    )
     resume_from: str | None = doc(
         "'auto' = latest checkpoint in output_dir; or a checkpoint path; null = fresh.", None
     )
     model: ModelConfig = doc("Model to start from.", factory=ModelConfig)
     optim: OptimConfig = doc("Optimiser and batch shape.", factory=OptimConfig)
     save_every: int = doc("Checkpoint every N steps (0 = never).", 100)
-    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2)
+    keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2, range=AT_LEAST_ONE)
     progress: bool = doc("Show a rich progress bar.", True)
     wandb_project: str = doc("W&B project name.", "rlagent")
 
@@ -256,7 +338,8 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, str
     """
     base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
@@ -272,6 +355,7 @@ def _build(cls: type, data: dict, prefix: str, source: str, lines: dict[str, str
             kwargs[key] = _build(tp, value, full + ".", source, lines, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, full, where)
+            check_range(kwargs[key], fields[key], tp, full, where)
     try:
         return dataclasses.replace(base, **kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ validation
@@ -399,7 +483,9 @@ def help_text(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
             out.append(f"  {prefix}{f.name}.*: {f.metadata.get('help', '')}")
             out.extend(help_text(tp, f"{prefix}{f.name}.", default))
             continue
-        out.append(f"  {prefix}{f.name} ({type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+        allowed = field_range(f, tp)
+        limits = f", {allowed.describe()}" if allowed is not None else ""
+        out.append(f"  {prefix}{f.name} ({type_name(tp)}{limits}, default {default!r}): {f.metadata.get('help', '')}")
     return out
 
 
@@ -410,7 +496,9 @@ def run_main(main, argv: list[str] | None = None, prog: str = "rlagent"):
     try:
         return main(argv)
     except (ConfigError, DataError) as err:
-        raise SystemExit(f"{prog}: error: {err}") from None
+        exit_with(f"{prog}: error: {err}")
+    except TrainingError as err:
+        exit_with(f"{prog}: error: {err}", status=1)
 
 
 def precheck_args(argv: list[str], prog: str = "rlagent") -> None:
@@ -426,7 +514,7 @@ def precheck_args(argv: list[str], prog: str = "rlagent") -> None:
             if "=" in item and not item.startswith("-"):
                 _parse_override(item)
     except ConfigError as err:
-        raise SystemExit(f"{prog}: config error: {err}") from None
+        exit_with(f"{prog}: config error: {err}")
 
 
 def parse_args(cls: type, argv: list[str] | None = None, prog: str = "rlagent") -> Any:
@@ -440,10 +528,53 @@ def parse_args(cls: type, argv: list[str] | None = None, prog: str = "rlagent") 
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise SystemExit(f"{prog}: error: --config needs a file path")
+            exit_with(f"{prog}: error: --config needs a file path")
         path = argv[i + 1]
         del argv[i : i + 2]
     try:
-        return load_config(cls, path, argv)
+        cfg = load_config(cls, path, argv)
+        if hasattr(cfg, "output_dir"):
+            check_output_dir(cfg.output_dir)
+        return cfg
     except ConfigError as err:
-        raise SystemExit(f"{prog}: config error: {err}") from None
+        exit_with(f"{prog}: config error: {err}")
+
+
+def arg_type(cast: type, allowed: Range):
+    """An argparse `type=` for a number within `allowed` (argparse then exits 2 with one error line naming it)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {cast.__name__} {allowed.describe()}, got {text!r}") from None
+        if not allowed.allows(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {value}")
+        return value
+
+    parse.__name__ = cast.__name__  # argparse names the type in its messages
+    return parse
+
+
+@contextlib.contextmanager
+def env_spec_errors(key: str):
+    """An environment spec that cannot be built (envs.EnvSpecError / EnvProtocolError): a ConfigError naming `key`."""
+    from envs import EnvProtocolError, EnvSpecError
+
+    try:
+        yield
+    except (EnvSpecError, EnvProtocolError) as err:
+        raise ConfigError(f"{key}: {str(err).removeprefix('rlagent: ')}") from None
+
+
+def check_output_dir(path: str) -> None:
+    """output_dir exists as a writable folder (created if missing), else one ConfigError naming the path."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output_dir='{path}' is a file, not a folder; pick another output_dir")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir='{path}' cannot be created ({err.strerror}: {err.filename})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir='{path}' is not writable; pick another output_dir")

@@ -12,6 +12,7 @@ module.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import os
@@ -40,7 +41,14 @@ def resolve_dtype(name: str) -> torch.dtype:
 def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None:
     """No network at run time: anything but 'tiny' or an existing local folder gets a one-line, actionable error
     that says what the path is (a file, a stage output not written yet, a hub id)."""
-    if name_or_path == TINY or os.path.isdir(name_or_path):
+    if name_or_path == TINY:
+        return
+    if os.path.isdir(name_or_path):
+        if not any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(
+                f"{key}='{name_or_path}' has no config.json: not a Hugging Face model folder (a stage's model is in "
+                "its output_dir/final)"
+            )
         return
     if os.path.exists(name_or_path):
         raise ConfigError(f"{key}='{name_or_path}' is a file; pass the model's folder (with config.json) or 'tiny'")
@@ -56,9 +64,17 @@ def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None
         raise ConfigError(
             f"{key}='{name_or_path}' is not a local folder; rlagent does not download weights. "
             "Download the model elsewhere (e.g. `huggingface-cli download ID --local-dir DIR`) and pass DIR, "
-            "or use 'tiny'."
+            f"or use 'tiny'{_closest(name_or_path)}."
         )
-    raise ConfigError(f"{key}='{name_or_path}': no such folder; pass a local model folder or 'tiny'")
+    raise ConfigError(
+        f"{key}='{name_or_path}': no such folder; pass a local model folder or 'tiny'{_closest(name_or_path)}"
+    )
+
+
+def _closest(name: str) -> str:
+    """'; did you mean X?' for a near-miss of a known short name ('tiny' or a shipped model), else ''."""
+    close = difflib.get_close_matches(name.lower(), [TINY, *SHIPPED_MODELS], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def model_path(name_or_path: str, key: str = "model.name_or_path") -> str:

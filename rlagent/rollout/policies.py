@@ -18,7 +18,7 @@ import torch
 from transformers.utils import logging
 
 from rlagent.common.chat import encode
-from rlagent.common.config import ModelConfig
+from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ModelConfig, arg_type
 from rlagent.common.modeling import load_causal_lm, load_tokenizer
 from rlagent.rollout.decoding import ModelPolicy
 
@@ -54,13 +54,26 @@ class TextPolicy:
 def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) -> None:
     """Options shared by `rlagent rollout` and `rlagent eval`."""
     parser.add_argument("--tokenizer", help="Tokenizer folder for scripted/random policies (default: tiny).")
-    parser.add_argument("--noise", type=float, default=0.0, help="Scripted expert: mistake probability per episode.")
-    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (model policies).")
+    parser.add_argument(
+        "--noise",
+        type=arg_type(float, FRACTION),
+        default=0.0,
+        help="Scripted expert: mistake probability per episode.",
+    )
+    parser.add_argument(
+        "--temperature", type=arg_type(float, POSITIVE), default=1.0, help="Sampling temperature (model policies)."
+    )
     if not greedy_default:
         parser.add_argument("--greedy", action="store_true", help="Greedy decoding instead of sampling.")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="Longest assistant turn in tokens.")
-    parser.add_argument("--max-total-tokens", type=int, default=1024, help="Longest episode in tokens.")
-    parser.add_argument("--batch-size", type=int, default=64, help="Episodes played at once by the engine.")
+    parser.add_argument(
+        "--max-new-tokens", type=arg_type(int, AT_LEAST_ONE), default=96, help="Longest assistant turn in tokens."
+    )
+    parser.add_argument(
+        "--max-total-tokens", type=arg_type(int, AT_LEAST_ONE), default=1024, help="Longest episode in tokens."
+    )
+    parser.add_argument(
+        "--batch-size", type=arg_type(int, AT_LEAST_ONE), default=64, help="Episodes played at once by the engine."
+    )
 
 
 def random_actor(seed: int) -> Callable[[list[dict], dict], str]:

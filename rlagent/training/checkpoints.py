@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
+import sys
 
 import numpy as np
 import torch
+
+from rlagent.common.config import ConfigError
+from rlagent.training.guards import assert_finite
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)$")
 
@@ -34,25 +40,88 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def write_manifest(folder: str) -> None:
+    """MANIFEST.json: size and SHA-256 of every file in the checkpoint, written before COMPLETE so a resume can tell
+    a checkpoint that was truncated or corrupted after the fact (disk full, a bad copy) from an intact one."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump({"files": files}, handle, indent=1, sort_keys=True)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why checkpoint folder `path` cannot be resumed from (one phrase naming the file), or None if it is intact.
+    A checkpoint written before manifests existed is trusted if its COMPLETE marker is there."""
+    if not os.path.isdir(path):
+        return "no such folder"
+    if not os.path.isfile(os.path.join(path, "COMPLETE")):
+        return "not a complete checkpoint (no COMPLETE marker)"
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest):
+        return None if os.path.isfile(os.path.join(path, "training_state.pt")) else "training_state.pt is missing"
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, entry in sorted(files.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != entry["size"]:
+            return f"{name} has {os.path.getsize(file)} bytes, the manifest says {entry['size']}"
+        if _sha256(file) != entry["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
-    """Path of the highest complete step-N checkpoint, or None."""
+    """Path of the newest intact step-N checkpoint, or None. A damaged newer one is skipped with a warning line
+    saying which and why, so a resume falls back to the newest checkpoint that can actually be loaded."""
     found = []
     for path in glob.glob(os.path.join(output_dir, "checkpoints", "step-*")):
         match = CHECKPOINT_RE.search(path)
         if match and os.path.isfile(os.path.join(path, "COMPLETE")):
             found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"rlagent: warning: skipping checkpoint {path}: {problem}", file=sys.stderr, flush=True)
+    return None
 
 
 def resolve_resume(resume_from: str | None, output_dir: str) -> str | None:
-    """'auto' = latest checkpoint in output_dir if any; a path must exist; None/'' = start fresh."""
+    """'auto' = the newest intact checkpoint in output_dir if any; a path must be an intact checkpoint (else a
+    ConfigError naming it); None/'' = start fresh."""
     if not resume_from:
         return None
     if resume_from == "auto":
         return latest_checkpoint(output_dir)
-    if not os.path.isfile(os.path.join(resume_from, "COMPLETE")):
-        raise FileNotFoundError(f"resume_from='{resume_from}' is not a complete checkpoint folder")
+    problem = checkpoint_problem(resume_from)
+    if problem is not None:
+        raise ConfigError(f"resume_from='{resume_from}': {problem} (resume_from=auto picks the newest intact one)")
     return resume_from
+
+
+def check_resume_from(resume_from: str | None) -> None:
+    """An explicit resume_from path must be an intact checkpoint: checked before any data or model is built."""
+    if resume_from and resume_from != "auto":
+        resolve_resume(resume_from, "")
 
 
 def save_model(model, folder: str) -> None:
@@ -70,6 +139,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
     """Atomically save `models` (name -> module, HF save_pretrained) plus `state` (optimizer etc.) as step-N."""
     final = os.path.join(output_dir, "checkpoints", f"step-{step}")
     tmp = final + ".tmp"
+    assert_finite({name: accelerator.unwrap_model(model) for name, model in models.items()}, final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -81,6 +151,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
         for name, model in models.items():
             save_model(accelerator.unwrap_model(model), os.path.join(tmp, name))
         torch.save(state, os.path.join(tmp, "training_state.pt"))
+        write_manifest(tmp)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
         _remove_checkpoint(final)  # only there when a step is saved again (resume from an explicit earlier path)
         os.replace(tmp, final)
@@ -107,14 +178,27 @@ def _remove_checkpoint(path: str) -> None:
 
 
 def load_checkpoint(path: str, models: dict, rank: int) -> dict:
-    """Load weights into `models` (unwrapped modules), restore this rank's RNG, and return the saved state."""
+    """Load weights into `models` (unwrapped modules), restore this rank's RNG, and return the saved state.
+    A file that cannot be read (truncated, not a checkpoint of this model) is a ConfigError naming the folder."""
+    try:
+        return _load_checkpoint_files(path, models, rank)
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(f"checkpoint {path} cannot be loaded: {reason}") from None
+
+
+def _load_checkpoint_files(path: str, models: dict, rank: int) -> dict:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     for name, model in models.items():
         folder = os.path.join(path, name)
         weights = {}
         for file in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
-            weights.update(load_file(file))
+            try:
+                weights.update(load_file(file))
+            except SafetensorError as err:
+                raise ValueError(f"{file}: {err}") from None
         if hasattr(model, "peft_config"):  # PEFT saved only the adapters (and modules_to_save, e.g. a score head)
             from peft import set_peft_model_state_dict
 
@@ -144,6 +228,7 @@ def save_final(accelerator, model, tokenizer, folder: str, extra_files: dict | N
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
+    assert_finite({"the model": accelerator.unwrap_model(model)}, folder)
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(accelerator.unwrap_model(model), tmp)

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from rlagent.common.config import StageConfig, doc, save_config
+from rlagent.common.config import AT_LEAST_ONE, StageConfig, doc, save_config
 from rlagent.common.modeling import count_parameters
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from rlagent.training.guards import StepGuard
 from rlagent.training.setup import batch_indices, build_optimizer
 from rlagent.training.tracking import Progress, Tracker
 
@@ -36,7 +37,7 @@ from rlagent.training.tracking import Progress, Tracker
 class SupervisedConfig(StageConfig):
     """The keys of a stage trained by fit(): the keys every stage has, plus logging, eval and early stopping."""
 
-    log_every: int = doc("Log train metrics every N steps.", 5)
+    log_every: int = doc("Log train metrics every N steps.", 5, range=AT_LEAST_ONE)
     eval_every: int = doc("Evaluate on the held-out set every N steps (0 = only at the end).", 50)
     early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
 
@@ -125,11 +126,14 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
     # but before summary.json still ends with the summary an uninterrupted run writes.
     history, metrics, t0 = [], record.get("metrics", {}), time.time()
     first_loss = record.get("first_train_loss")
+    # Checkpoints older than the guard did not count updates: any step they saved had one.
+    guard = StepGuard(cfg.optim.max_skipped_steps, record.get("updates", start_step))
     for step in range(start_step, cfg.max_steps):
         done = step + 1
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
         micro_batches, units = split_batch(cfg, accelerator, task, step)
         metrics = train_step(model, optimizer, scheduler, accelerator, task, micro_batches, units, cfg.optim)
+        guard.after_step(not metrics["train/skipped_step"], {"model": model}, done)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics[task.throughput] = units / max(time.time() - t0, 1e-9)
         t0 = time.time()
@@ -148,11 +152,12 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
 
         # 6. Checkpoint (atomic); resume_from=auto continues from here.
         if (cfg.save_every and done % cfg.save_every == 0) or stopping.stop:
-            record = {"metrics": metrics, "first_train_loss": first_loss}
+            record = {"metrics": metrics, "first_train_loss": first_loss, "updates": guard.updates}
             save_state(accelerator, cfg, done, model, optimizer, scheduler, stopping, record)
         if stopping.stop:
             break
     progress.close()
+    guard.require_an_update("final/")
     if task.eval_set and "eval/loss" not in metrics:  # resumed at the last step: nothing was evaluated this run
         metrics.update(task.evaluate(model))
     steps = start_step + len(history)

@@ -8,7 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlagent.common.config import ModelConfig, OptimConfig, StageConfig, doc
+from rlagent.common.config import (
+    AT_LEAST_ONE,
+    FRACTION,
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    POSITIVE,
+    ModelConfig,
+    OptimConfig,
+    Range,
+    StageConfig,
+    doc,
+)
 
 
 @dataclass
@@ -18,7 +29,7 @@ class EnvConfig:
     ids: list[str] = doc(
         "Environment ids; episodes are split evenly between them.", factory=lambda: ["rlagent/Calculator-v0"]
     )
-    episodes: int = doc("Episodes per iteration over all processes (the rollout batch).", 32)
+    episodes: int = doc("Episodes per iteration over all processes (the rollout batch).", 32, range=AT_LEAST_ONE)
     split: Literal["train", "test"] = doc("Task split to train on.", "train")
     wrappers: str | None = doc(
         "Robustness wrappers to train under, e.g. 'prompt_injection:0.1,tool_faults:0.1:timeout' (envs.wrappers); "
@@ -31,9 +42,11 @@ class EnvConfig:
 class RolloutConfig:
     """Sampling during rollouts (plain temperature sampling, no top-k/top-p)."""
 
-    max_new_tokens: int = doc("Longest assistant turn in tokens.", 96)
-    temperature: float = doc("Sampling temperature; the same value divides logits in every log-prob pass.", 1.0)
-    max_total_tokens: int = doc("Longest episode (prompt + all turns) in tokens.", 1024)
+    max_new_tokens: int = doc("Longest assistant turn in tokens.", 96, range=AT_LEAST_ONE)
+    temperature: float = doc(
+        "Sampling temperature; the same value divides logits in every log-prob pass.", 1.0, range=POSITIVE
+    )
+    max_total_tokens: int = doc("Longest episode (prompt + all turns) in tokens.", 1024, range=AT_LEAST_ONE)
 
 
 @dataclass
@@ -59,6 +72,7 @@ class ScoreConfig:
         "Stop the run after this many iterations in a row with no policy token left to learn from (every episode "
         "dropped by missing_eos='mask' or a non-finite score).",
         3,
+        range=AT_LEAST_ONE,
     )
 
 
@@ -69,7 +83,7 @@ class ValueConfig:
     init: Literal["policy", "reward_model"] = doc(
         "Initialise from the policy backbone (zero head) or the reward model.", "policy"
     )
-    lr: float = doc("Critic learning rate.", 1e-3)
+    lr: float = doc("Critic learning rate.", 1e-3, range=LEARNING_RATE)
     warmup_iterations: int = doc("Iterations that train only the critic before the policy moves.", 0)
     freeze_embeddings: bool = doc(
         "Keep the critic's token embeddings fixed: at a 49k-token vocabulary they are a fifth of a 135 M model, and "
@@ -85,23 +99,29 @@ class AlgoConfig:
     estimator: Literal["gae", "grpo", "rloo"] = doc(
         "Advantages: GAE with the critic, or critic-free grpo / rloo.", "gae"
     )
-    group_size: int = doc("Samples per task for grpo / rloo.", 4)
-    gamma: float = doc("Discount over tokens.", 1.0)
-    lam: float = doc("GAE lambda.", 0.95)
+    group_size: int = doc("Samples per task for grpo / rloo.", 4, range=AT_LEAST_ONE)
+    gamma: float = doc("Discount over tokens.", 1.0, range=FRACTION)
+    lam: float = doc("GAE lambda.", 0.95, range=FRACTION)
     whiten_advantages: bool = doc("Whiten advantages over policy tokens once per rollout batch.", True)
-    ppo_epochs: int = doc("Passes over each rollout batch.", 2)
-    clip_eps: float = doc("Policy ratio clip epsilon.", 0.2)
-    dual_clip: float | None = doc("Dual-clip constant c > 1 for negative advantages (null = off).", None)
-    value_clip_eps: float | None = doc("Value clip around the old values (null = off).", 0.2)
-    vf_coef: float = doc("Weight of the value loss.", 0.5)
+    ppo_epochs: int = doc("Passes over each rollout batch.", 2, range=AT_LEAST_ONE)
+    clip_eps: float = doc("Policy ratio clip epsilon.", 0.2, range=POSITIVE)
+    dual_clip: float | None = doc(
+        "Dual-clip constant c > 1 for negative advantages (null = off).",
+        None,
+        range=Range(1, None, low_inclusive=False),
+    )
+    value_clip_eps: float | None = doc("Value clip around the old values (null = off).", 0.2, range=POSITIVE)
+    vf_coef: float = doc("Weight of the value loss.", 0.5, range=NON_NEGATIVE)
     ent_coef: float = doc("Entropy bonus weight (0 is usual for LLMs; entropy is always logged).", 0.0)
     kl_estimator: Literal["k1", "k2", "k3"] = doc("Per-token KL estimator in the reward.", "k1")
-    kl_clamp: float = doc("Clamp per-token KL estimates to this magnitude.", 10.0)
-    kl_coef: float = doc("Initial KL penalty coefficient beta.", 0.05)
+    kl_clamp: float = doc("Clamp per-token KL estimates to this magnitude.", 10.0, range=POSITIVE)
+    kl_coef: float = doc("Initial KL penalty coefficient beta.", 0.05, range=NON_NEGATIVE)
     adaptive_kl: bool = doc("Adapt beta towards kl_target (Ziegler et al.).", False)
-    kl_target: float = doc("Target KL in nats per EPISODE (sum over policy tokens, batch mean).", 2.0)
-    kl_horizon: int = doc("Adaptive-KL horizon in episodes.", 10000)
-    target_approx_kl: float | None = doc("Stop PPO epochs early when approx_kl > 1.5 x this (null = never).", None)
+    kl_target: float = doc("Target KL in nats per EPISODE (sum over policy tokens, batch mean).", 2.0, range=POSITIVE)
+    kl_horizon: int = doc("Adaptive-KL horizon in episodes.", 10000, range=AT_LEAST_ONE)
+    target_approx_kl: float | None = doc(
+        "Stop PPO epochs early when approx_kl > 1.5 x this (null = never).", None, range=POSITIVE
+    )
 
 
 @dataclass
@@ -109,10 +129,10 @@ class CurriculumConfig:
     """Raise task difficulty when the agent is ready."""
 
     enabled: bool = doc("Turn the curriculum on.", False)
-    start: int = doc("Starting difficulty level.", 1)
-    max_level: int = doc("Highest difficulty level.", 3)
-    threshold: float = doc("Rolling success rate that moves an environment to the next level.", 0.8)
-    window: int = doc("Episodes in the rolling success window.", 64)
+    start: int = doc("Starting difficulty level.", 1, range=AT_LEAST_ONE)
+    max_level: int = doc("Highest difficulty level.", 3, range=AT_LEAST_ONE)
+    threshold: float = doc("Rolling success rate that moves an environment to the next level.", 0.8, range=FRACTION)
+    window: int = doc("Episodes in the rolling success window.", 64, range=AT_LEAST_ONE)
 
 
 @dataclass
@@ -120,7 +140,7 @@ class PPOConfig(StageConfig):
     """Multi-turn PPO for tool-using agents."""
 
     output_dir: str = doc("Where metrics, checkpoints and final/ go.", "runs/ppo")
-    max_steps: int = doc("PPO iterations (rollout + update).", 30)
+    max_steps: int = doc("PPO iterations (rollout + update).", 30, range=AT_LEAST_ONE)
     model: ModelConfig = doc("Policy to start from (usually the SFT output's final/).", factory=ModelConfig)
     optim: OptimConfig = doc(
         "Policy optimiser; batch_size = episodes per minibatch (one optimizer step).",

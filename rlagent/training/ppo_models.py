@@ -213,8 +213,11 @@ def _accumulate(stats: dict, new: dict, weight: float) -> None:
             stats[key] = stats.get(key, 0.0) + value * weight
 
 
-def ppo_epochs(cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator) -> dict:
-    """`algo.ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl."""
+def ppo_epochs(
+    cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator, guard=None
+) -> dict:
+    """`algo.ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl.
+    `guard` (a StepGuard) sees every optimizer step: non-finite weights or too many skipped steps stop the run."""
     n_local = batch["input_ids"].shape[0]
     per_rank = cfg.optim.batch_size // accelerator.num_processes
     all_stats, stopped = [], False
@@ -226,6 +229,9 @@ def ppo_epochs(cfg, accelerator, policy, value, optimizer, batch: dict, train_po
             )
             if stats is None:  # no policy token on any rank: nothing to step (the caller made sure some exist)
                 continue
+            if guard is not None:
+                models = {"policy": policy} if value is None else {"policy": policy, "value": value}
+                guard.after_step(not stats["train/skipped_steps"], models, guard.updates + guard.skipped_in_a_row + 1)
             stats = {
                 k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
                 for k, v in stats.items()

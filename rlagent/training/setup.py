@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
-from rlagent.common.config import OptimConfig
+from rlagent.common.config import ConfigError, OptimConfig
 
 
 def make_accelerator(**kwargs):
@@ -47,15 +47,29 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
     return order[offset * batch_size : (offset + 1) * batch_size].tolist()
 
 
-def check_batch_shape(cfg: OptimConfig, world_size: int) -> int:
-    """Global batch = micro batch × accumulation × processes; return the accumulation steps or raise."""
-    per_process, rest = divmod(cfg.batch_size, world_size)
-    if rest or per_process % cfg.micro_batch_size:
-        raise ValueError(
-            f"optim.batch_size={cfg.batch_size} must divide by processes ({world_size}) × "
-            f"optim.micro_batch_size ({cfg.micro_batch_size})"
+def check_batch_shape(cfg: OptimConfig, world_size: int, prog: str = "rlagent", unit: str = "sequences") -> int:
+    """Derive the batch shape: optim.batch_size (global) / processes per process, in micro-batches of at most
+    optim.micro_batch_size; return the accumulation steps. Only a batch the processes cannot share is an error.
+
+    A micro-batch larger than a process's share is lowered to it (the resolved config records the value used), and a
+    share that is not a multiple of the micro-batch ends in a smaller last micro-batch: every loss is a sum divided by
+    the GLOBAL batch's unit count, so neither changes the update. One line says what was derived."""
+    if cfg.batch_size < world_size or cfg.batch_size % world_size:
+        raise ConfigError(
+            f"optim.batch_size={cfg.batch_size} must be a multiple of the number of processes ({world_size}) "
+            f"and at least that large; try optim.batch_size={max(1, round(cfg.batch_size / world_size)) * world_size}"
         )
-    return per_process // cfg.micro_batch_size
+    per_process = cfg.batch_size // world_size
+    lowered = cfg.micro_batch_size > per_process
+    cfg.micro_batch_size = min(cfg.micro_batch_size, per_process)
+    steps = math.ceil(per_process / cfg.micro_batch_size)
+    if lowered or per_process % cfg.micro_batch_size:
+        print(
+            f"{prog}: batch shape: optim.batch_size={cfg.batch_size} {unit} = {world_size} process(es) x "
+            f"{per_process}, in {steps} micro-batch(es) of <= {cfg.micro_batch_size} (gradient accumulation {steps})",
+            flush=True,
+        )
+    return steps
 
 
 def build_optimizer(model_or_groups, cfg: OptimConfig, max_steps: int):

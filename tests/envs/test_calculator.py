@@ -74,7 +74,8 @@ HOSTILE = {
     "empty": "",
     "syntax": "2+*3",
     "xor": "2^3",
-    "floor division": "7//2",
+    "floor division by zero": "7//0",
+    "modulo": "7%2",
     "not a string": 42,
     "walrus": "(x:=1)",
     "subscript": "[1][0]",
@@ -114,3 +115,29 @@ def test_schema_comes_from_the_docstring():
     assert schema["name"] == "calculator"
     assert schema["parameters"]["properties"]["expression"]["type"] == "string"
     assert schema["parameters"]["required"] == ["expression"]
+
+
+@pytest.mark.parametrize(
+    "expression, expected", [("25//4", "6"), ("7.5//2", "3"), ("-7//2", "-4"), ("100//3*3", "99")]
+)
+def test_floor_division_as_in_gsm8k_annotations(expression, expected):
+    assert calculator(expression) == expected
+
+
+def test_wrapped_environments_pass_gymnasiums_checker_and_rebuild_from_their_spec():
+    import warnings
+
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import envs  # noqa: F401  (registers the ids)
+    from envs.wrappers import PromptInjection, ToolFaults
+
+    wrapped = ToolFaults(PromptInjection(gym.make("rlagent/Calculator-v0"), 0.3, seed=1), 0.2, kind="timeout", seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the environment is different from the unwrapped version": that is the point
+        check_env(wrapped, skip_render_check=True)
+    rebuilt = gym.make(wrapped.spec)
+    assert isinstance(rebuilt, ToolFaults) and (rebuilt.rate, rebuilt.kind, rebuilt.seed) == (0.2, "timeout", 2)
+    assert isinstance(rebuilt.env, PromptInjection) and (rebuilt.env.rate, rebuilt.env.seed) == (0.3, 1)
+    assert rebuilt.reset(seed=5)[0] == wrapped.reset(seed=5)[0]

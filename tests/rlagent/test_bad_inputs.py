@@ -51,6 +51,9 @@ FILES = {
     "twice.yaml": "seed: 1\nmax_steps: 5\nseed: 2\n",
     "bigint.yaml": f"seed: {'1' * 5000}\n",
     "nul.yaml": "seed: 1\x00\n",
+    "one.jsonl": f"{GOOD}\n",
+    "no_config/weights.bin": "",
+    "not_a_checkpoint/training_state.pt": "",
 }
 SFT_FILE = ["data.source=file", *SMALL_MODEL]
 RM_FILE = "data.source=file"
@@ -107,9 +110,69 @@ CASES = [
      ["model.name_or_path='runs/x/checkpoints/step-5'", "output_dir is 'runs/x'", "output_dir: runs/x"]),
     ("ppo-no-folder", ["ppo", "model.name_or_path=./no/model"], ["model.name_or_path='./no/model'", "no such folder"]),
     ("ppo-hub-id", ["ppo", "model.name_or_path=Org/Some-Model"], ["model.name_or_path='Org/Some-Model'", "download"]),
+    # Values out of range: every numeric field declares the values it allows; nan and inf are never allowed.
+    ("sft-lr-inf", ["sft", "--config", SFT, "optim.lr=inf"], ["'optim.lr' must be in [0, 1e+38]", "got inf"]),
+    ("sft-lr-nan", ["sft", "--config", SFT, "optim.lr=nan"], ["'optim.lr' must be in [0, 1e+38]", "got nan"]),
+    ("rm-lr-negative", ["reward", "--config", REWARD, "optim.lr=-0.1"], ["'optim.lr' must be in [0, 1e+38]", "-0.1"]),
+    ("ppo-lr-negative", ["ppo", "--config", PPO, "optim.lr=-1"], ["'optim.lr' must be in [0, 1e+38]"]),
+    ("ppo-value-lr-huge", ["ppo", "value.lr=1e39"], ["'value.lr' must be in [0, 1e+38]", "1e+39"]),
+    ("ppo-batch-zero", ["ppo", "--config", PPO, "optim.batch_size=0"], ["'optim.batch_size' must be >= 1"]),
+    ("ppo-batch-negative", ["ppo", "--config", PPO, "optim.batch_size=-4"], ["'optim.batch_size' must be >= 1"]),
+    ("sft-micro-zero", ["sft", "optim.micro_batch_size=0"], ["'optim.micro_batch_size' must be >= 1"]),
+    ("ppo-max-new-tokens-0", ["ppo", "rollout.max_new_tokens=0"], ["'rollout.max_new_tokens' must be >= 1"]),
+    ("ppo-temperature-0", ["ppo", "rollout.temperature=0"], ["'rollout.temperature' must be > 0"]),
+    ("ppo-temperature-nan", ["ppo", "rollout.temperature=nan"], ["'rollout.temperature' must be > 0"]),
+    ("ppo-temperature-negative", ["ppo", "rollout.temperature=-1"], ["'rollout.temperature' must be > 0"]),
+    ("ppo-gamma", ["ppo", "algo.gamma=1.5"], ["'algo.gamma' must be in [0, 1]", "1.5"]),
+    ("ppo-dual-clip", ["ppo", "algo.dual_clip=0.5"], ["'algo.dual_clip' must be > 1"]),
+    ("sft-warmup", ["sft", "optim.warmup_ratio=2"], ["'optim.warmup_ratio' must be in [0, 1]"]),
+    ("sft-seed-negative", ["sft", "seed=-1"], ["'seed' must be >= 0"]),
+    ("sft-report-to", ["sft", "report_to=[jsonl,mlflow]"], ["'report_to[1]' must be 'jsonl' | 'wandb'"]),
+    ("sft-noise", ["sft", "data.noise=1.5"], ["'data.noise' must be in [0, 1]"]),
+    ("rm-eval-fraction", ["reward", "data.eval_fraction=1"], ["'data.eval_fraction' must be in [0, 1)"]),
+    # Batch shapes the processes cannot share, or a minibatch that does not fit the rollout.
+    ("ppo-batch-vs-episodes", ["ppo", "--config", PPO, "optim.batch_size=3"], ["optim.batch_size=3", "env.episodes"]),
+    ("ppo-batch-over-episodes", ["ppo", "env.episodes=8", "optim.batch_size=16"],
+     ["optim.batch_size=16", "env.episodes=8"]),
+    ("ppo-episodes-vs-envs", ["ppo", "--config", PPO, "env.episodes=33"], ["env.episodes=33", "len(env.ids)"]),
+    ("sft-smaller-than-batch", ["sft", *SFT_FILE, "data.path={d}/one.jsonl", "data.eval_fraction=0"],
+     ["only 1 training conversations", "optim.batch_size=16"]),
+    # Environments, reward functions and model paths.
+    ("sft-env-nosuch", ["sft", "data.env_ids=[nosuch:Cls]"], ["data.env_ids[0]", "nosuch"]),
+    ("rm-env-nosuch", ["reward", "data.env_ids=[rlagent/Nope-v0]"], ["data.env_ids[0]", "rlagent/Nope-v0"]),
+    ("ppo-rm-no-config",
+     ["ppo", "model.name_or_path=tiny", *SMALL_MODEL, "reward.model_path={d}/no_config", "reward.rm_weight=0.5"],
+     ["reward.model_path='{d}/no_config' has no config.json"]),
+    ("ppo-model-typo", ["ppo", "model.name_or_path=smollm2-135m-instruc"], ["did you mean 'smollm2-135m-instruct'?"]),
+    ("ppo-reward-fn-not-callable", ["ppo", "reward.functions=[envs:__doc__]"],
+     ["'envs:__doc__' is a str, not a function"]),
+    ("ppo-reward-fn-missing", ["ppo", "reward.functions=[envs:nope]"], ["module 'envs' has no attribute 'nope'"]),
+    # Output folders and checkpoints.
+    ("sft-output-is-file", ["sft", "output_dir={d}/list.yaml"], ["output_dir='{d}/list.yaml' is a file"]),
+    ("ppo-output-under-file", ["ppo", "output_dir={d}/list.yaml/run"],
+     ["output_dir='{d}/list.yaml/run' cannot be created"]),
+    ("sft-resume-missing", ["sft", "resume_from={d}/nope"], ["resume_from='{d}/nope': no such folder"]),
+    ("sft-resume-not-checkpoint", ["sft", "resume_from={d}/not_a_checkpoint"], ["not a complete checkpoint"]),
+    ("rm-resume-missing", ["reward", "resume_from={d}/nope"], ["resume_from='{d}/nope'"]),
+    ("ppo-resume-missing", ["ppo", "model.name_or_path=tiny", "resume_from={d}/nope"], ["resume_from='{d}/nope'"]),
+    # Command-line counts of eval and rollout.
+    ("eval-episodes-0", ["eval", "--policy", "random", "--env", "rlagent/Calculator-v0", "--episodes", "0"],
+     ["argument --episodes: must be >= 1, got 0"]),
+    ("eval-episodes-negative", ["eval", "--policy", "random", "--env", "rlagent/Calculator-v0", "--episodes", "-3"],
+     ["argument --episodes: must be >= 1, got -3"]),
+    ("rollout-temperature", ["rollout", "--policy", "random", "--env", "rlagent/Calculator-v0", "--temperature", "-1"],
+     ["argument --temperature: must be > 0"]),
 ]  # fmt: skip
 # Real subprocesses: one of each family (data line, config file, override, stage order).
-SUBPROCESS = ["sft-bigint", "rm-deep", "config-utf8", "override-yaml", "ppo-before-sft"]
+SUBPROCESS = [
+    "sft-bigint",
+    "rm-deep",
+    "config-utf8",
+    "override-yaml",
+    "ppo-before-sft",
+    "sft-lr-inf",
+    "eval-episodes-0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +183,7 @@ def workdir(tmp_path_factory):
     bad = work / "bad"
     bad.mkdir()
     for name, content in FILES.items():
+        (bad / name).parent.mkdir(exist_ok=True)
         (bad / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return work
 
@@ -130,7 +194,9 @@ def fill(items: list[str], workdir) -> list[str]:
 
 def argv_of(case_id: str, workdir) -> list[str]:
     _, argv, _ = next(case for case in CASES if case[0] == case_id)
-    return [*fill(argv, workdir), f"output_dir={workdir}/out"] if "--config" not in argv[-1:] else fill(argv, workdir)
+    if argv[0] in ("eval", "rollout") or "--config" in argv[-1:] or any(a.startswith("output_dir=") for a in argv):
+        return fill(argv, workdir)
+    return [*fill(argv, workdir), f"output_dir={workdir}/out"]
 
 
 def assert_one_error_line(text: str, fragments: list[str], workdir) -> None:
@@ -151,11 +217,9 @@ def test_bad_input_in_process(case_id, argv, fragments, workdir, monkeypatch, ca
     monkeypatch.setattr(transformers.PreTrainedModel, "__init__", no_model)  # bad input must fail before any model
     with pytest.raises(SystemExit) as exit_info:
         cli_main(argv_of(case_id, workdir))
-    code = exit_info.value.code
-    assert isinstance(code, str), f"exit code {code!r}: a message exits with status 1"  # sys.exit(str) -> status 1
-    assert "\n" not in code
     captured = capsys.readouterr()
-    assert_one_error_line(captured.out + captured.err + code, fragments, workdir)
+    assert exit_info.value.code == 2, f"exit status {exit_info.value.code!r} (bad input exits 2): {captured.err}"
+    assert_one_error_line(captured.out + captured.err, fragments, workdir)
 
 
 def no_model(*args, **kwargs):
@@ -184,6 +248,6 @@ def subprocess_results(workdir):
 @pytest.mark.parametrize("case_id", SUBPROCESS)
 def test_bad_input_subprocess(case_id, workdir, subprocess_results):
     output, returncode = subprocess_results[case_id]
-    assert returncode != 0, output[-3000:]
+    assert returncode == 2, output[-3000:]
     _, _, fragments = next(case for case in CASES if case[0] == case_id)
     assert_one_error_line(output, fragments, workdir)

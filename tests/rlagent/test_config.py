@@ -99,8 +99,8 @@ def test_help_lists_every_field(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    assert "optim.lr (float, default 0.001): Peak learning rate (AdamW)." in out
-    assert "model.tiny.hidden_size (int, default 192)" in out
+    assert "optim.lr (float, in [0, 1e+38], default 0.001): Peak learning rate (AdamW)." in out
+    assert "model.tiny.hidden_size (int, >= 1, default 192)" in out
     assert "report_to (list[str], default ['jsonl'])" in out
 
 

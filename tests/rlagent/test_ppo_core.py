@@ -431,3 +431,32 @@ def test_broadcast_to_tokens():
     close(
         core.broadcast_to_tokens(t(2.0, -1.0), t([0, 1, 0, 1], [1, 1, 0, 0])), [[0, 2.0, 0, 2.0], [-1.0, -1.0, 0, 0]]
     )
+
+
+def test_nan_outside_the_mask_reaches_neither_the_losses_nor_their_gradients():
+    # Position 1 is masked out and holds NaN in every input; the losses and gradients must equal those of a clean
+    # copy (the masked position set to 0), element by element, and hold no NaN.
+    mask = torch.tensor([[True, False, True]])
+    nan = float("nan")
+    clean = {
+        "logp": torch.tensor([[-0.5, 0.0, -1.0]], dtype=torch.float64),
+        "old": torch.tensor([[-0.6, 0.0, -0.9]], dtype=torch.float64),
+        "adv": torch.tensor([[1.0, 0.0, -2.0]], dtype=torch.float64),
+        "values": torch.tensor([[0.3, 0.0, 0.1]], dtype=torch.float64),
+        "ret": torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64),
+    }
+    dirty = {k: v.clone() for k, v in clean.items()}
+    for v in dirty.values():
+        v[0, 1] = nan
+    results = []
+    for inputs in (clean, dirty):
+        logp = inputs["logp"].clone().requires_grad_()
+        values = inputs["values"].clone().requires_grad_()
+        pg, _ = core.policy_loss(logp, inputs["old"], inputs["adv"], mask)
+        vf, _ = core.value_loss(values, inputs["old"], inputs["ret"], mask, clip_eps=None)
+        (pg + vf).backward()
+        results.append((pg.detach(), vf.detach(), logp.grad, values.grad))
+    for a, b in zip(*results):
+        assert torch.isfinite(b).all() and torch.equal(a, b)
+    # The value gradient by hand: d/dV 1/2 (V-R)^2 / 2 tokens = (V-R)/2 -> (0.3-1)/2 = -0.35, (0.1-0)/2 = 0.05.
+    assert torch.allclose(results[1][3], torch.tensor([[-0.35, 0.0, 0.05]], dtype=torch.float64), atol=1e-12)

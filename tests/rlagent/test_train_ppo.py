@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlagent.algorithms import ppo_core as core
-from rlagent.common.config import ConfigError, TinyModelConfig, load_config
+from rlagent.common.config import ConfigError, TinyModelConfig, TrainingError, load_config
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 from rlagent.train_ppo import Callback, PPOConfig, PPOTrainer, score_episodes
 from rlagent.training.ppo_models import forward_policy, forward_value, load_value_model, ppo_minibatch_step
@@ -319,6 +319,16 @@ def test_iterations_with_nothing_to_learn_are_skipped_then_stop_the_run(tmp_path
     assert "iteration 1 skipped" in capsys.readouterr().err
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
     assert_metrics_documented(tmp_path)
+
+
+def test_a_run_whose_every_iteration_was_skipped_writes_no_final_and_no_checkpoint(tmp_path):
+    """max_steps=1 and nothing to learn from: the run ends without one optimizer step, so it stops with a
+    TrainingError (exit 1 from the CLI) and leaves neither final/ (the untrained policy) nor a checkpoint."""
+    trainer, recorder = scripted_trainer(tmp_path, set(), "max_steps=1", "reward.max_skipped_iterations=3")
+    with pytest.raises(TrainingError, match="no optimizer step was applied in the whole run, so final/ is not"):
+        trainer.train()
+    assert [step for step, _ in recorder.rows] == [1]
+    assert not (tmp_path / "final").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_some_episodes_masked_still_update_and_reset_the_streak(tmp_path):
