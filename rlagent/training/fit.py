@@ -39,6 +39,9 @@ class SupervisedConfig(StageConfig):
     log_every: int = doc("Log train metrics every N steps.", 5)
     eval_every: int = doc("Evaluate on the held-out set every N steps (0 = only at the end).", 50)
     early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
+    max_seconds: float = doc(
+        "Stop after this many seconds of training steps (0 = no limit), then evaluate and save as at max_steps.", 0.0
+    )
 
 
 @dataclass
@@ -88,6 +91,7 @@ class FitResult:
     parameters: tuple[int, int]  # trainable, total
     history: list[float] = field(default_factory=list)  # train loss of each step this run
     first_train_loss: float | None = None  # of step 1, carried through checkpoints so a resumed run reports it too
+    stopped_on_time: bool = False  # max_seconds ran out before max_steps
 
     def summary(self) -> dict:
         """The summary keys every supervised stage writes."""
@@ -96,6 +100,7 @@ class FitResult:
             "first/train_loss": self.first_train_loss,
             "steps": self.steps,
             "stopped_early": self.stopped_early,
+            "stopped_on_time": self.stopped_on_time,
             "parameters/trainable": self.parameters[0],
             "parameters/total": self.parameters[1],
         }
@@ -124,7 +129,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
     # A resumed run starts from the checkpoint's last metrics and first loss, so a kill after the last checkpoint
     # but before summary.json still ends with the summary an uninterrupted run writes.
     history, metrics, t0 = [], record.get("metrics", {}), time.time()
-    first_loss = record.get("first_train_loss")
+    first_loss, t_start, out_of_time = record.get("first_train_loss"), t0, False
     for step in range(start_step, cfg.max_steps):
         done = step + 1
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
@@ -135,14 +140,16 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         t0 = time.time()
         history.append(metrics["train/loss"])
         first_loss = metrics["train/loss"] if first_loss is None else first_loss
+        out_of_time = _out_of_time(accelerator, t_start, cfg.max_seconds)
+        last = done == cfg.max_steps or out_of_time
 
         # 4. Held-out eval (every eval_every steps and at the last); early stopping on eval loss.
-        if task.eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+        if task.eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
             metrics.update(task.evaluate(model))
             stopping.update(metrics["eval/loss"])
 
         # 5. Log.
-        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/loss" in metrics or stopping.stop:
+        if done % cfg.log_every == 0 or last or "eval/loss" in metrics or stopping.stop:
             tracker.log(metrics, step=done)
         progress.update(done, **task.progress(metrics))
 
@@ -150,13 +157,23 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         if (cfg.save_every and done % cfg.save_every == 0) or stopping.stop:
             record = {"metrics": metrics, "first_train_loss": first_loss}
             save_state(accelerator, cfg, done, model, optimizer, scheduler, stopping, record)
-        if stopping.stop:
+        if stopping.stop or out_of_time:
             break
     progress.close()
     if task.eval_set and "eval/loss" not in metrics:  # resumed at the last step: nothing was evaluated this run
         metrics.update(task.evaluate(model))
     steps = start_step + len(history)
-    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history, first_loss)
+    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history, first_loss, out_of_time)
+
+
+def _out_of_time(accelerator, t_start: float, max_seconds: float) -> bool:
+    """Whether the time budget is spent; every process takes the slowest one's view, so all stop at the same step."""
+    if not max_seconds:
+        return False
+    spent = torch.tensor([time.time() - t_start], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        spent = accelerator.reduce(spent, reduction="max")  # per-process clocks differ; stopping must not
+    return bool(spent.item() >= max_seconds)
 
 
 def split_batch(cfg: SupervisedConfig, accelerator, task: SupervisedTask, step: int) -> tuple[list[list], int]:
