@@ -1,9 +1,14 @@
 """GPU check of the real-model track: SmolLM2-135M-Instruct through SFT -> reward model -> PPO (LoRA, bf16 on a GPU),
 with seconds, tokens/s and peak GPU memory per stage and held-out success of the PPO policy; then one PPO iteration
-under each accelerate launcher config (DDP, FSDP, DeepSpeed ZeRO-2) with --num_processes 1, reporting which worked.
+under each accelerate launcher config (DDP, FSDP, DeepSpeed ZeRO-2) with --num_processes 1, reporting which worked;
+last, GSM8K with the calculator (envs/gsm8k.py): SFT of the model on expert replays of GSM8K annotations, then its
+held-out success. --gsm8k PATH names GSM8K-format data (a file, a folder with train/test files; the GPU machine is
+offline, so no Hub id there); the default is $RLAGENT_GSM8K, else the 12-problem test fixture (a check that the path
+works, not a GSM8K score). --gsm8k none skips it.
 
     bash bench/gpu_check.sh                # on one GPU: the useful size, <= 8 minutes
     bash bench/gpu_check.sh --size smoke   # the same steps at minutes-scale on a CPU (numbers mean nothing)
+    bash bench/gpu_check.sh --gsm8k data/gsm8k   # GSM8K's train.jsonl/test.jsonl for the GSM8K stage
 
 Prints one JSON line per measurement and writes them all to OUTPUT_DIR/gpu_check.json. Stages run in this process
 (as `rlagent quickstart` runs them) so that torch.cuda.max_memory_allocated is per stage after a reset.
@@ -25,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 MODEL = "smollm2-135m-instruct"
 LAUNCHERS = ("ddp", "fsdp", "zero2")
+GSM8K_FIXTURE = os.path.join(ROOT, "tests", "envs", "data", "gsm8k_sample.jsonl")
+GSM8K_ENV = "envs.gsm8k:make_env"
 
 # Stage overrides per size. "gpu": a few minutes of one H100/H200-class GPU in bf16; "smoke": CPU minutes.
 SIZES = {
@@ -33,6 +40,15 @@ SIZES = {
         "reward": ["max_steps=100", "data.pairs=400", "optim.batch_size=16", "optim.micro_batch_size=16"],
         "ppo": ["max_steps=10", "env.episodes=64", "optim.batch_size=64", "optim.micro_batch_size=16"],
         "eval_episodes": 100,
+        # GSM8K demonstrations are longer (up to ~9 calculator turns): a longer max_length, fewer steps.
+        "gsm8k": [
+            "max_steps=40",
+            "data.episodes=640",
+            "optim.batch_size=16",
+            "optim.micro_batch_size=16",
+            "max_length=1024",
+        ],  # fmt: skip
+        "gsm8k_eval_episodes": 50,
     },
     "smoke": {
         "sft": ["max_steps=2", "data.episodes=6", "optim.batch_size=2", "optim.micro_batch_size=2", "max_length=512"],
@@ -52,6 +68,14 @@ SIZES = {
             "rollout.max_new_tokens=24",
         ],  # fmt: skip
         "eval_episodes": 2,
+        "gsm8k": [
+            "max_steps=2",
+            "data.episodes=4",
+            "optim.batch_size=2",
+            "optim.micro_batch_size=2",
+            "max_length=768",
+        ],
+        "gsm8k_eval_episodes": 2,
     },
 }
 
@@ -139,19 +163,64 @@ def launcher_checks(out: str, size: dict, results: list) -> None:
                        "why": None if proc.returncode == 0 else last})  # fmt: skip
 
 
+def gsm8k_check(out: str, size: dict, source: str, results: list) -> None:
+    """SFT on GSM8K expert replays (the environment reads `source` through $RLAGENT_GSM8K), then held-out success."""
+    from rlagent import train_sft
+    from rlagent.cli.evaluate import evaluate_policy
+    from rlagent.cli.quickstart import load_for_eval
+
+    os.environ["RLAGENT_GSM8K"] = source
+    extra = [f"model.name_or_path={MODEL}", f"data.env_ids=[{GSM8K_ENV}]"]
+    argv = stage_argv("sft", f"{out}/gsm8k", {"sft": size["gsm8k"]}, extra)
+    reset_peak()
+    t0 = time.time()
+    summary = train_sft.main(argv) or {}
+    emit(results, {"stage": "gsm8k_sft", "source": source, "seconds": round(time.time() - t0, 1),
+                   "peak_gpu_gib": peak_gib(), "conversations": summary.get("data/conversations")})  # fmt: skip
+    model, tokenizer = load_for_eval(f"{out}/gsm8k/sft/final")
+    reset_peak()
+    r = evaluate_policy(model, tokenizer, GSM8K_ENV, size["gsm8k_eval_episodes"], seed=10_000, greedy=True,
+                        max_new_tokens=64, max_total_tokens=2048)  # fmt: skip
+    emit(
+        results,
+        {
+            "eval": "gsm8k_sft",
+            "env": GSM8K_ENV,
+            "source": source,
+            "success_rate": r["success_rate"],
+            "episodes": r["episodes"],
+            "success_ci95": r["success_ci95"],
+            "peak_gpu_gib": peak_gib(),
+        },
+    )
+
+
+def write(out: str, results: list) -> None:
+    with open(os.path.join(out, "gpu_check.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="gpu" if torch.cuda.is_available() else "smoke")
     parser.add_argument("--output-dir", default="runs/gpu_check")
+    parser.add_argument("--gsm8k", default=os.environ.get("RLAGENT_GSM8K") or GSM8K_FIXTURE,
+                        help="GSM8K-format data for the GSM8K stage, or 'none' (default: $RLAGENT_GSM8K, else the "
+                        "test fixture)")  # fmt: skip
+    parser.add_argument("--only-gsm8k", action="store_true", help="Run the GSM8K stage alone.")
     args = parser.parse_args(argv)
     size, results = SIZES[args.size], []
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     emit(results, {"device": device, "size": args.size, "model": MODEL})
-    run_stages(args.output_dir, size, results)
-    held_out(args.output_dir, size["eval_episodes"], results)
-    launcher_checks(args.output_dir, size, results)
-    with open(os.path.join(args.output_dir, "gpu_check.json"), "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+    if not args.only_gsm8k:
+        run_stages(args.output_dir, size, results)
+        held_out(args.output_dir, size["eval_episodes"], results)
+        launcher_checks(args.output_dir, size, results)
+        write(args.output_dir, results)  # before GSM8K: a time-out there keeps everything above
+    if args.gsm8k != "none":
+        gsm8k_check(args.output_dir, size, args.gsm8k, results)
+    os.makedirs(args.output_dir, exist_ok=True)
+    write(args.output_dir, results)
     return results
 
 

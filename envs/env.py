@@ -46,7 +46,7 @@ from gymnasium import spaces
 
 from envs.grading import is_correct
 from envs.parsing import ParsedAction, parse_assistant
-from envs.tasks import FAMILIES, Task, levels, sample_task
+from envs.tasks import FAMILIES, Task, hard_level, levels, sample_task
 from envs.tasks.task import check_split, make_rng
 from envs.tools import resolve_tool, run_tool, tool_schema
 from envs.tools.knowledge_base import get_knowledge_base
@@ -257,9 +257,11 @@ class ToolUseEnv(gym.Env[str, str]):
     def _check_difficulty(self, difficulty: int | str, field: str) -> int | str:
         if self.task_source is not None:
             return difficulty  # the source decides what its levels are
-        allowed = levels(self.task_family)
-        if difficulty != "mixed" and difficulty not in allowed:
-            raise ValueError(f"{field} for {self.task_family} must be one of {allowed} or 'mixed', got {difficulty!r}")
+        allowed = (*levels(self.task_family), hard_level(self.task_family))
+        if difficulty not in ("mixed", "hard") and difficulty not in allowed:
+            raise ValueError(
+                f"{field} for {self.task_family} must be one of {allowed}, 'hard' or 'mixed', got {difficulty!r}"
+            )
         return difficulty
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Task generators: each family has `sample_task(rng_or_seed, split, difficulty) -> Task` and `LEVELS`."""
+"""Task generators: each family has `sample_task(rng_or_seed, split, difficulty) -> Task`, `LEVELS` (what
+"mixed" and curricula draw from) and `HARD_LEVEL` (the hard level, also reachable as difficulty "hard")."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from envs.tasks.task import SPLITS, TEST_SEED_OFFSET, Task
 
 FAMILIES = {arithmetic.FAMILY: arithmetic, knowledge.FAMILY: knowledge}
 
-__all__ = ["FAMILIES", "SPLITS", "TEST_SEED_OFFSET", "Task", "levels", "sample_task"]
+__all__ = ["FAMILIES", "SPLITS", "TEST_SEED_OFFSET", "Task", "hard_level", "levels", "sample_task"]
 
 
 def sample_task(
@@ -22,6 +23,11 @@ def sample_task(
 def levels(family: str) -> tuple[int, ...]:
     """The difficulty levels a family offers (for curricula)."""
     return _family(family).LEVELS
+
+
+def hard_level(family: str) -> int:
+    """The family's hard level: never part of "mixed"; `difficulty="hard"` names it too."""
+    return _family(family).HARD_LEVEL
 
 
 def _family(family: str):

@@ -2,6 +2,12 @@
 
 Levels: 1 = one hop (search the entity, read the fact), 2 = two hops (the first search gives a bridge entity,
 e.g. a person's birthplace, that must be searched next). Answers are numbers (years, populations) or names.
+"mixed" draws from these two.
+
+The hard level (3, or "hard"; `rlagent/KBSearch-hard-v0`) is never part of "mixed": 2-3 bridge entities (3-4
+searches), person -> birthplace -> its country -> that country's capital (-> the capital's population or founding
+year). Items where the birthplace is itself the capital are left out, so every hop is a new entity and stopping
+early is always wrong.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from envs.tools.knowledge_base import Entity, KnowledgeBase, get_knowledge_base
 
 FAMILY = "knowledge"
 LEVELS = (1, 2)
+HARD_LEVEL = 3  # not in LEVELS: "mixed" and curricula keep to 1-2
 
 
 @dataclass(frozen=True)
@@ -83,18 +90,39 @@ QUESTIONS: dict[str, Question] = {
         ("Give the founding year of the capital of {x}.",),
     ),
 }  # fmt: skip
+HARD_QUESTIONS: dict[str, Question] = {
+    "birth_capital": Question(
+        "person", ("birthplace", "country", "capital"),
+        ("What is the capital of the country where {x} was born?", "{x} was born in a country; name its capital."),
+        ("Which city is the capital of {x}'s country of birth?",),
+    ),
+    "birth_capital_population": Question(
+        "person", ("birthplace", "country", "capital", "population"),
+        ("What is the population of the capital of the country where {x} was born?",
+         "How many people live in the capital of {x}'s birth country?"),
+        ("How populous is the capital of the country {x} was born in?",),
+    ),
+    "birth_capital_founded": Question(
+        "person", ("birthplace", "country", "capital", "founded"),
+        ("When was the capital of the country where {x} was born founded?",
+         "In which year was the capital of {x}'s birth country founded?"),
+        ("Give the founding year of the capital of the country {x} was born in.",),
+    ),
+}  # fmt: skip
 
 
 def sample_task(rng_or_seed: random.Random | int, split: str = "train", difficulty: int | str = 1) -> Task:
-    """A deterministic knowledge question for (seed, split, difficulty); difficulty may be "mixed"."""
+    """A deterministic knowledge question for (seed, split, difficulty); difficulty may be "mixed" or "hard"."""
     rng = make_rng(rng_or_seed, split)
-    level = rng.choice(LEVELS) if difficulty == "mixed" else difficulty
-    if level not in LEVELS:
-        raise ValueError(f"difficulty for {FAMILY} must be one of {LEVELS} or 'mixed', got {difficulty!r}")
+    level = rng.choice(LEVELS) if difficulty == "mixed" else HARD_LEVEL if difficulty == "hard" else difficulty
+    if level not in (*LEVELS, HARD_LEVEL):
+        raise ValueError(f"difficulty for {FAMILY} must be one of {LEVELS}, {HARD_LEVEL}, 'hard' or 'mixed', "
+                         f"got {difficulty!r}")  # fmt: skip
     kb = get_knowledge_base()
-    qtypes = [name for name, question in QUESTIONS.items() if len(question.path) == level]
-    qtype, entity = draw_item(rng, split, lambda r: _draw_question(r, kb, qtypes), lambda item: _key(*item))
-    question = QUESTIONS[qtype]
+    questions = HARD_QUESTIONS if level == HARD_LEVEL else QUESTIONS
+    qtypes = [name for name, question in questions.items() if level == HARD_LEVEL or len(question.path) == level]
+    qtype, entity = draw_item(rng, split, lambda r: _draw_question(r, kb, qtypes, questions), lambda item: _key(*item))
+    question = questions[qtype]
     index, template = choose_phrasing(rng, split, question.shared, question.held_out)
     hops, answer = follow(kb, entity, question.path)
     return Task(
@@ -121,9 +149,17 @@ def follow(kb: KnowledgeBase, entity: Entity, path: tuple[str, ...]) -> tuple[li
     return hops, value
 
 
-def _draw_question(rng: random.Random, kb: KnowledgeBase, qtypes: list[str]) -> tuple[str, Entity]:
-    qtype = rng.choice(qtypes)
-    return qtype, rng.choice(kb.of_kind(QUESTIONS[qtype].kind))
+def _draw_question(
+    rng: random.Random, kb: KnowledgeBase, qtypes: list[str], questions: dict[str, Question]
+) -> tuple[str, Entity]:
+    """A question type and an entity whose hops and answer are all different (only ever false at the hard level:
+    someone born in their country's capital)."""
+    while True:
+        qtype = rng.choice(qtypes)
+        entity = rng.choice(kb.of_kind(questions[qtype].kind))
+        hops, answer = follow(kb, entity, questions[qtype].path)
+        if len({*hops, str(answer)}) == len(hops) + 1:
+            return qtype, entity
 
 
 def _key(qtype: str, entity: Entity) -> str:

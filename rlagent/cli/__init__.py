@@ -1,4 +1,4 @@
-"""`rlagent` command line: the three training stages plus rollout, eval and quickstart."""
+"""`rlagent` command line: the three training stages plus rollout, eval, quickstart and plot."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ COMMANDS = {
     "rollout": ("rlagent.cli.rollout_cli", "Play episodes with a policy and print the transcripts."),
     "eval": ("rlagent.cli.evaluate", "Held-out success with confidence intervals; --compare for significance."),
     "quickstart": ("rlagent.cli.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
+    "plot": ("rlagent.cli.plot", "Learning curves (success, reward, KL, entropy) of runs, overlaid, to an image."),
 }
 
 

@@ -17,14 +17,17 @@ Output JSON (also printed as a table):
 - one policy, one env: the result object itself;
 - several --env: {"envs": [result, ...]};
 - --compare: per env {"env", "seed", "episodes", "test", "results": [result per policy]}, where every result after
-  the first has "baseline" (the first policy), "difference" (its success rate minus the baseline's) and "p_value"
-  (two-sided Fisher exact test on the 2x2 table successes/failures x policy, scipy.stats.fisher_exact); with
-  several --env, {"envs": [that, ...]}.
+  the first has "baseline" (the first policy), "difference" (its success rate minus the baseline's), "p_value"
+  (two-sided Fisher exact test on the 2x2 table successes/failures x policy, scipy.stats.fisher_exact) and the paired
+  test: "p_value_mcnemar" (two-sided exact McNemar test on the same episodes) from "discordant" = [episodes only the
+  baseline solved, episodes only this policy solved] (the table shows them as "p (a:b)"); with several --env,
+  {"envs": [that, ...]}.
 
 A result has success_rate, success_ci95 ([lo, hi], Wilson score interval, z = 1.96), mean_reward, mean_turns,
 tool_calls_per_episode, invalid_tool_call_rate, episodes, successes, env, policy, seed, diagnostic rates, and (for
 tasks that carry a phrasing id) seen_/unseen_wording_success_rate and _episodes: success on test tasks worded with
-the training templates vs with templates held out for the test split.
+the training templates vs with templates held out for the test split; and, per episode (sorted by seed),
+episode_seeds and episode_successes (0/1), which the paired test matches up.
 invalid_tool_call_rate = invalid tool-call turns / turns that attempted a tool call: a turn counts as invalid when
 the environment rejected its call (malformed JSON or tags, unknown tool, too many calls, arguments that do not fit
 the schema); it is 0 when no turn attempted a call.
@@ -46,6 +49,7 @@ from rlagent.rollout.policies import add_policy_arguments, load_policy
 from rlagent.rollout.transcripts import console, episode_records, summarize, wording_cell
 
 FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
+MCNEMAR_TEST = "exact McNemar test, two-sided, on the episodes only one of the two policies solved (same seeds)"
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -62,18 +66,50 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: episodes only policy A solved (`only_a`) and
+    episodes only policy B solved (`only_b`). Under "no difference" each discordant episode is a fair coin, so
+    p = min(1, 2 * P(Binomial(only_a + only_b, 1/2) <= min(only_a, only_b))); 1 when there is no discordant pair.
+
+    Episodes both or neither policy solved carry no information about which is better, which is why this paired
+    test resolves differences that Fisher's test (treating the two samples as independent) cannot.
+    """
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {only_a}, {only_b}")
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+def discordant_pairs(results_a: dict, results_b: dict) -> tuple[int, int] | None:
+    """(episodes only A solved, episodes only B solved), matched by episode seed; None when either result lacks the
+    per-episode outcomes. Results on different episodes are an error: a paired test needs the same episodes."""
+    if "episode_successes" not in results_a or "episode_successes" not in results_b:
+        return None
+    a = dict(zip(results_a["episode_seeds"], results_a["episode_successes"]))
+    b = dict(zip(results_b["episode_seeds"], results_b["episode_successes"]))
+    if a.keys() != b.keys():
+        raise ValueError("McNemar's test needs both policies evaluated on the same episodes (same seeds)")
+    only_a = sum(a[seed] and not b[seed] for seed in a)
+    only_b = sum(b[seed] and not a[seed] for seed in a)
+    return only_a, only_b
+
+
 def compare(results_a: dict, results_b: dict) -> dict:
-    """Difference in success rate (b - a) and the two-sided Fisher exact p-value on the 2x2 table."""
+    """Difference in success rate (b - a), the two-sided Fisher exact p-value on the 2x2 table (`p_value`) and, when
+    both results carry per-episode outcomes, the paired exact McNemar p-value (`p_value_mcnemar`) with the
+    discordant counts `discordant` = [only a solved, only b solved]."""
     from scipy.stats import fisher_exact
 
     k_a, n_a = results_a["successes"], results_a["episodes"]
     k_b, n_b = results_b["successes"], results_b["episodes"]
     p_value = float(fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided").pvalue)
-    return {
-        "difference": results_b["success_rate"] - results_a["success_rate"],
-        "p_value": p_value,
-        "test": FISHER_TEST,
-    }
+    out = {"difference": results_b["success_rate"] - results_a["success_rate"], "p_value": p_value,
+           "test": FISHER_TEST}  # fmt: skip
+    pairs = discordant_pairs(results_a, results_b)
+    if pairs is not None:
+        out.update(p_value_mcnemar=mcnemar_exact(*pairs), discordant=list(pairs), test_mcnemar=MCNEMAR_TEST)
+    return out
 
 
 def evaluate_policy(
@@ -105,6 +141,7 @@ def result_from(records: list[dict], generated_tokens: int, seconds: float, env_
     stats = summarize(records, generated_tokens, seconds)
     successes = sum(record["success"] for record in records)
     lo, hi = wilson_interval(successes, len(records))
+    ordered = sorted(records, key=lambda record: record["seed"])
     return {
         "env": env_id,
         "policy": None,
@@ -113,6 +150,9 @@ def result_from(records: list[dict], generated_tokens: int, seconds: float, env_
         "successes": successes,
         "success_ci95": [lo, hi],
         **stats,
+        # per episode, for the paired test: episode i of every policy is reset with the same seed
+        "episode_seeds": [record["seed"] for record in ordered],
+        "episode_successes": [int(record["success"]) for record in ordered],
     }
 
 
@@ -186,7 +226,7 @@ def compare_blocks(args: argparse.Namespace) -> list[dict]:
         for result in results[1:]:
             result.update(baseline=args.compare[0], **compare(results[0], result))
         blocks.append({"env": env_id, "wrapper": wrapper, "seed": args.seed, "episodes": args.episodes,
-                       "test": FISHER_TEST, "results": results})  # fmt: skip
+                       "test": FISHER_TEST, "test_mcnemar": MCNEMAR_TEST, "results": results})  # fmt: skip
     return blocks
 
 
@@ -205,12 +245,16 @@ def print_table(rows: list[dict]) -> None:
         "tool calls/ep",
         "invalid-call rate",
         "diff vs first",
-        "p",
+        "p Fisher",
+        "p McNemar",
     ):
         table.add_column(column)
     for r in rows:
         lo, hi = r["success_ci95"]
         diff, p = (f"{r['difference']:+.1%}", f"{r['p_value']:.3g}") if "p_value" in r else ("", "")
+        p_mcnemar = (
+            f"{r['p_value_mcnemar']:.3g} ({r['discordant'][0]}:{r['discordant'][1]})" if "discordant" in r else ""
+        )
         table.add_row(
             r["env"] + (f" + {r['wrapper']}" if r.get("wrapper") else ""),
             str(r["policy"]),
@@ -223,6 +267,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['invalid_tool_call_rate']:.1%}",
             diff,
             p,
+            p_mcnemar,
         )
     console().print(table)
 

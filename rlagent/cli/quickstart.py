@@ -9,6 +9,16 @@ plus the same for sampling at temperature 1: "sft_sampled", "ppo_sampled", "diff
 `--model smollm2-135m-instruct` (or a .gguf file, or a Hugging Face folder with a ChatML-style template) runs the same
 pipeline on that pretrained model with configs/smollm2/*.yaml (LoRA in every stage), and adds the untouched model as
 a "zero_shot" row (and "zero_shot_sampled") beside "sft" and "ppo" for each environment.
+
+Every policy plays the same test episodes (episode i reset with seed SEED+10000+i), so besides Fisher's test
+("p_value", the contract) each comparison has the paired exact McNemar test on those episodes ("p_value_mcnemar",
+from "discordant" = [episodes only SFT solved, episodes only PPO solved]). The environments evaluated are the PPO
+config's env.ids (configs/smollm2 trains and evaluates on the hard levels).
+
+`--control` adds an SFT control: SFT continued from the SFT policy on the same demonstration source for as many
+seconds as the PPO stage took (train_sft with max_seconds; stage folder sft_control), evaluated on the same episodes
+as row "sft_control"; "ppo_vs_control" (and "ppo_vs_control_sampled") holds PPO's difference from it with both
+p-values. A PPO gain over SFT that the control matches is what more training of any kind buys, not RL.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import time
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 CONFIG_DIR = os.path.join(CONFIGS, "quickstart")
 REAL_MODEL_CONFIG_DIR = os.path.join(CONFIGS, "smollm2")  # LoRA settings sized for SmolLM2-135M; any model fits them
-ENV_IDS = ["rlagent/Calculator-v0", "rlagent/KBSearch-v0"]
+ENV_IDS = ["rlagent/Calculator-v0", "rlagent/KBSearch-v0"]  # the tiny quickstart's (configs/quickstart/ppo.yaml)
+POLICY_ORDER = ("zero_shot", "sft", "sft_control", "ppo")
+POLICY_LABELS = {"zero_shot": "zero-shot", "sft": "SFT", "sft_control": "SFT control", "ppo": "PPO"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,11 +45,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir", default=None, help="Where the three stages write (default runs/quickstart[-MODEL NAME])."
     )
     # 500: a 95 % interval of about +-4 points; 200 (+-7) could not resolve the ~9-point sampled gains measured so far.
+    # A real model: 200 (its generation is ~100x slower), with McNemar's paired test to resolve what Fisher cannot.
     parser.add_argument(
         "--eval-episodes",
         type=int,
         default=None,
-        help="Test-split episodes per environment (default 500; 20 for --model).",
+        help="Test-split episodes per environment and policy (default 500; 200 for --model).",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="Also run an SFT control: SFT continued from the SFT policy for as long as PPO ran; a row in the table.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed for every stage and the evaluation.")
     parser.add_argument("--smoke", action="store_true", help="Minutes-scale settings for tests (numbers mean little).")
@@ -46,8 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.model)).removesuffix(".gguf")
         args.output_dir = "runs/quickstart" if args.model == "tiny" else f"runs/quickstart-{name}"
-    if args.eval_episodes is None:  # a real model generates ~100x slower on a CPU: 20 keeps its eval near 12 minutes
-        args.eval_episodes = 500 if args.model == "tiny" else 20
+    if args.eval_episodes is None:
+        args.eval_episodes = 500 if args.model == "tiny" else 200
     return args
 
 
@@ -100,8 +118,10 @@ def is_real_model(args: argparse.Namespace) -> bool:
     return args.model != "tiny"
 
 
-def stage_args(stage: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
-    out = os.path.join(args.output_dir, stage)
+def stage_args(stage: str, args: argparse.Namespace, extra: list[str], folder: str | None = None) -> list[str]:
+    """The stage's argv: its config (configs/quickstart or configs/smollm2), outputs under --output-dir/FOLDER
+    (default: the stage's name), then `extra`, then the --smoke sizes."""
+    out = os.path.join(args.output_dir, folder or stage)
     report = "[" + args.report_to + "]"
     real = is_real_model(args)
     argv = [
@@ -137,16 +157,40 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
         t0 = time.time()
         module.main(stage_args(stage, args, extra))
         seconds[stage] = round(time.time() - t0, 1)
+    if args.control:
+        print(f"\n=== rlagent quickstart: SFT control ({seconds['ppo']} s, as long as PPO ran) ===", flush=True)
+        t0 = time.time()
+        train_sft.main(stage_args("sft", args, control_args(sft_final, seconds["ppo"]), folder="sft_control"))
+        seconds["sft_control"] = round(time.time() - t0, 1)
     return seconds
 
 
+def control_args(sft_final: str, ppo_seconds: float) -> list[str]:
+    """The SFT control's overrides of the SFT config: start from the SFT policy, same demonstration source, stop
+    when PPO's wall time is spent (max_steps out of reach; a constant learning rate, as no schedule length is known
+    in advance). The budget counts training steps only: loading the model and building the data come on top, as
+    PPO's own start-up is inside its time, so the control gets slightly less training time than PPO, never more."""
+    return [f"model.name_or_path={sft_final}", f"max_seconds={ppo_seconds}", "max_steps=1000000",
+            "optim.schedule=constant", "optim.warmup_ratio=0", "save_every=0", "eval_every=0"]  # fmt: skip
+
+
 def evaluate_both(args: argparse.Namespace) -> dict:
-    """Held-out success of the SFT and PPO policies (and, for a real model, the model itself) on every environment,
-    with the significance of PPO's gain over SFT."""
-    policies = {name: os.path.join(args.output_dir, name, "final") for name in ("sft", "ppo")}
+    """Held-out success of the SFT and PPO policies (and, for a real model, the model itself; with --control, the
+    SFT control) on every environment PPO trained on, with the significance of PPO's gain over SFT."""
+    names = ("sft", "sft_control", "ppo") if args.control else ("sft", "ppo")
+    policies = {name: os.path.join(args.output_dir, name, "final") for name in names}
     if is_real_model(args):
         policies = {"zero_shot": args.model, **policies}
-    return evaluate_sft_vs_ppo(policies, ENV_IDS, args.eval_episodes, seed=args.seed + 10_000)
+    return evaluate_sft_vs_ppo(policies, ppo_env_ids(args), args.eval_episodes, seed=args.seed + 10_000)
+
+
+def ppo_env_ids(args: argparse.Namespace) -> list[str]:
+    """The env.ids of the PPO config the quickstart ran (what the policy trained on, so what to evaluate)."""
+    import yaml
+
+    path = os.path.join(REAL_MODEL_CONFIG_DIR if is_real_model(args) else CONFIG_DIR, "ppo.yaml")
+    with open(path, encoding="utf-8") as handle:
+        return list(yaml.safe_load(handle)["env"]["ids"])
 
 
 def load_for_eval(spec: str):
@@ -168,11 +212,13 @@ def load_for_eval(spec: str):
 
 
 def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
-    """{env: row} for the model folders policies["sft"] and policies["ppo"] (and policies["zero_shot"] when given)
-    on the same test episodes.
+    """{env: row} for the model folders policies["sft"] and policies["ppo"] (and "zero_shot", "sft_control" when
+    given) on the same test episodes.
 
     Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
-    policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value (PPO vs SFT).
+    policy PPO actually optimises, so both are reported, each with its own p-values, Fisher and paired McNemar (PPO
+    vs SFT: "p_value", "p_value_mcnemar"). Every other policy's result gets its own comparison with SFT
+    (rlagent.cli.evaluate.compare) inside it; with a control, "ppo_vs_control" compares PPO with it.
     """
     from rlagent.cli.evaluate import compare, evaluate_policy
 
@@ -183,8 +229,14 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
         for suffix, greedy in (("", True), ("_sampled", False)):
             for name, (model, tok) in loaded.items():
                 row[name + suffix] = evaluate_policy(model, tok, env_id, episodes, seed=seed, greedy=greedy)
-            stats = compare(row["sft" + suffix], row["ppo" + suffix])
+            sft = row["sft" + suffix]
+            for name in loaded:
+                if name != "sft":
+                    row[name + suffix].update(baseline="sft", **compare(sft, row[name + suffix]))
+            stats = compare(sft, row["ppo" + suffix])
             row.update({key + suffix: value for key, value in stats.items()})
+            if "sft_control" in loaded:
+                row["ppo_vs_control" + suffix] = compare(row["sft_control" + suffix], row["ppo" + suffix])
         results[env_id] = row
     return results
 
@@ -193,44 +245,46 @@ def print_table(results: dict, seconds: dict, title: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlagent.rollout.transcripts import wording_cell
-
     table = Table(title=f"rlagent quickstart{title}: held-out (test split) results")
-    columns = (
-        "environment",
-        "policy",
-        "decoding",
-        "success",
-        "95% CI",
-        "seen / unseen",
-        "turns",
-        "tool calls/ep",
-        "invalid calls",
-        "p",
-    )
+    columns = ("environment", "policy", "decoding", "success", "95% CI", "seen / unseen", "turns", "tool calls/ep",
+               "invalid calls", "p vs SFT (Fisher)", "p vs SFT (McNemar, a:b)")  # fmt: skip
     for column in columns:
         table.add_column(column)
     for env_id, row in results.items():
         for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
-            for name in [name for name in ("zero_shot", "sft", "ppo") if name + suffix in row]:
-                r = row[name + suffix]
-                lo, hi = r["success_ci95"]
-                table.add_row(
-                    env_id.removeprefix("rlagent/"),
-                    {"zero_shot": "zero-shot"}.get(name, name.upper()),
-                    decoding,
-                    f"{r['success_rate']:.1%}",
-                    f"[{lo:.1%}, {hi:.1%}]",
-                    wording_cell(r),
-                    f"{r['mean_turns']:.2f}",
-                    f"{r['tool_calls_per_episode']:.2f}",
-                    f"{r['invalid_tool_call_rate']:.1%}",
-                    f"{row['p_value' + suffix]:.2g}" if name == "ppo" else "",
-                )
-    Console(width=max(Console().width, 132)).print(table)  # a pipe or CI log must not squeeze the table
-    print("p: two-sided Fisher exact test, PPO vs SFT on the same episodes")
+            for name in [name for name in POLICY_ORDER if name + suffix in row]:
+                table.add_row(env_id.removeprefix("rlagent/"), POLICY_LABELS[name], decoding,
+                              *result_cells(row[name + suffix]))  # fmt: skip
+    Console(width=max(Console().width, 160)).print(table)  # a pipe or CI log must not squeeze the table
+    print("p: two-sided tests against the SFT row on the same episodes: Fisher exact (unpaired) and exact McNemar")
+    print("   (paired; a:b = episodes only SFT solved : episodes only this policy solved)")
+    for env_id, row in results.items():
+        for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
+            if "ppo_vs_control" + suffix in row:
+                c = row["ppo_vs_control" + suffix]
+                print(f"PPO vs SFT control, {env_id.removeprefix('rlagent/')} {decoding}: {c['difference']:+.1%}, "
+                      f"p Fisher {c['p_value']:.2g}, p McNemar {c['p_value_mcnemar']:.2g} "
+                      f"({c['discordant'][0]}:{c['discordant'][1]})")  # fmt: skip
     print("seen / unseen wording: success on test tasks phrased with training templates / with held-out templates")
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
+
+
+def result_cells(r: dict) -> list[str]:
+    """One policy's table cells after the environment, policy and decoding columns."""
+    from rlagent.rollout.transcripts import wording_cell
+
+    lo, hi = r["success_ci95"]
+    compared = "p_value_mcnemar" in r
+    return [
+        f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
+        f"[{lo:.1%}, {hi:.1%}]",
+        wording_cell(r),
+        f"{r['mean_turns']:.2f}",
+        f"{r['tool_calls_per_episode']:.2f}",
+        f"{r['invalid_tool_call_rate']:.1%}",
+        f"{r['p_value']:.2g}" if compared else "",
+        f"{r['p_value_mcnemar']:.2g} ({r['discordant'][0]}:{r['discordant'][1]})" if compared else "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:

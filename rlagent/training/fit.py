@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rlagent.common.config import AT_LEAST_ONE, StageConfig, doc, save_config
+from rlagent.common.config import AT_LEAST_ONE, NON_NEGATIVE, StageConfig, doc, save_config
 from rlagent.common.modeling import count_parameters
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from rlagent.training.guards import StepGuard
@@ -40,6 +40,11 @@ class SupervisedConfig(StageConfig):
     log_every: int = doc("Log train metrics every N steps.", 5, range=AT_LEAST_ONE)
     eval_every: int = doc("Evaluate on the held-out set every N steps (0 = only at the end).", 50)
     early_stopping_patience: int = doc("Stop after N evals without eval-loss improvement (0 = never).", 0)
+    max_seconds: float = doc(
+        "Stop after this many seconds of training steps (0 = no limit), then evaluate and save as at max_steps.",
+        0.0,
+        range=NON_NEGATIVE,
+    )
 
 
 @dataclass
@@ -89,6 +94,7 @@ class FitResult:
     parameters: tuple[int, int]  # trainable, total
     history: list[float] = field(default_factory=list)  # train loss of each step this run
     first_train_loss: float | None = None  # of step 1, carried through checkpoints so a resumed run reports it too
+    stopped_on_time: bool = False  # max_seconds ran out before max_steps
 
     def summary(self) -> dict:
         """The summary keys every supervised stage writes."""
@@ -97,6 +103,7 @@ class FitResult:
             "first/train_loss": self.first_train_loss,
             "steps": self.steps,
             "stopped_early": self.stopped_early,
+            "stopped_on_time": self.stopped_on_time,
             "parameters/trainable": self.parameters[0],
             "parameters/total": self.parameters[1],
         }
@@ -113,19 +120,14 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         accelerator, resume, model, optimizer, scheduler, cfg.early_stopping_patience
     )
     tracker = Tracker.for_run(cfg, accelerator.is_main_process, resume_step=start_step)
-    if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        print(
-            f"rlagent {task.name}: {parameters[0]:,}/{parameters[1]:,} trainable parameters, {task.describe}, "
-            f"{accelerator.num_processes} process(es), resume={resume}"
-        )
+    announce(cfg, accelerator, task, parameters, resume)
     progress = Progress(
         cfg.max_steps, task.name, enabled=cfg.progress and accelerator.is_main_process, start=start_step
     )
     # A resumed run starts from the checkpoint's last metrics and first loss, so a kill after the last checkpoint
     # but before summary.json still ends with the summary an uninterrupted run writes.
     history, metrics, t0 = [], record.get("metrics", {}), time.time()
-    first_loss = record.get("first_train_loss")
+    first_loss, t_start, out_of_time = record.get("first_train_loss"), t0, False
     # Checkpoints older than the guard did not count updates: any step they saved had one.
     guard = StepGuard(cfg.optim.max_skipped_steps, record.get("updates", start_step))
     for step in range(start_step, cfg.max_steps):
@@ -139,14 +141,16 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         t0 = time.time()
         history.append(metrics["train/loss"])
         first_loss = metrics["train/loss"] if first_loss is None else first_loss
+        out_of_time = _out_of_time(accelerator, t_start, cfg.max_seconds)
+        last = done == cfg.max_steps or out_of_time
 
         # 4. Held-out eval (every eval_every steps and at the last); early stopping on eval loss.
-        if task.eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+        if task.eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
             metrics.update(task.evaluate(model))
             stopping.update(metrics["eval/loss"])
 
         # 5. Log.
-        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/loss" in metrics or stopping.stop:
+        if done % cfg.log_every == 0 or last or "eval/loss" in metrics or stopping.stop:
             tracker.log(metrics, step=done)
         progress.update(done, **task.progress(metrics))
 
@@ -154,14 +158,34 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         if (cfg.save_every and done % cfg.save_every == 0) or stopping.stop:
             record = {"metrics": metrics, "first_train_loss": first_loss, "updates": guard.updates}
             save_state(accelerator, cfg, done, model, optimizer, scheduler, stopping, record)
-        if stopping.stop:
+        if stopping.stop or out_of_time:
             break
     progress.close()
     guard.require_an_update("final/")
     if task.eval_set and "eval/loss" not in metrics:  # resumed at the last step: nothing was evaluated this run
         metrics.update(task.evaluate(model))
     steps = start_step + len(history)
-    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history, first_loss)
+    return FitResult(model, tracker, metrics, steps, stopping.stop, parameters, history, first_loss, out_of_time)
+
+
+def announce(cfg: SupervisedConfig, accelerator, task: SupervisedTask, parameters: tuple, resume) -> None:
+    """The resolved config.yaml and the one line that says what this run trains (main process only)."""
+    if accelerator.is_main_process:
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        print(
+            f"rlagent {task.name}: {parameters[0]:,}/{parameters[1]:,} trainable parameters, {task.describe}, "
+            f"{accelerator.num_processes} process(es), resume={resume}"
+        )
+
+
+def _out_of_time(accelerator, t_start: float, max_seconds: float) -> bool:
+    """Whether the time budget is spent; every process takes the slowest one's view, so all stop at the same step."""
+    if not max_seconds:
+        return False
+    spent = torch.tensor([time.time() - t_start], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        spent = accelerator.reduce(spent, reduction="max")  # per-process clocks differ; stopping must not
+    return bool(spent.item() >= max_seconds)
 
 
 def split_batch(cfg: SupervisedConfig, accelerator, task: SupervisedTask, step: int) -> tuple[list[list], int]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from envs.experts import ScriptedExpert
-from rlagent.cli.evaluate import compare, evaluate_policy, wilson_interval
+from rlagent.cli.evaluate import compare, discordant_pairs, evaluate_policy, mcnemar_exact, wilson_interval
 from rlagent.common.config import TinyModelConfig
 from rlagent.common.data import read_conversations, tokenize_conversation
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
@@ -60,6 +60,36 @@ def test_fisher_p_value_by_hand():
     assert out["difference"] == pytest.approx(1 / 6 - 0.8)
     assert "two-sided" in out["test"]
     assert compare(a, a)["p_value"] == pytest.approx(1.0)
+
+
+def test_mcnemar_exact_by_hand():
+    # 1 vs 5 discordant: n = 6, P(X <= 1) = (C(6,0) + C(6,1)) / 2^6 = 7/64; two-sided 14/64 = 0.21875.
+    assert mcnemar_exact(1, 5) == pytest.approx(14 / 64, abs=1e-12)
+    assert mcnemar_exact(5, 1) == mcnemar_exact(1, 5)
+    # 0 vs 10: 2 * 1/1024 = 0.001953125.
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024, abs=1e-12)
+    # 2 vs 12: n = 14, P(X <= 2) = (1 + 14 + 91) / 16384 = 106/16384; two-sided 212/16384 = 0.012939453125.
+    assert mcnemar_exact(2, 12) == pytest.approx(212 / 16384, abs=1e-12)
+    # 3 vs 3: P(X <= 3) = (1 + 6 + 15 + 20) / 64 = 42/64, doubled > 1, capped at 1; no discordant pair: 1.
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    with pytest.raises(ValueError, match="discordant"):
+        mcnemar_exact(-1, 2)
+
+
+def test_mcnemar_pairs_episodes_by_seed():
+    """A: seeds 0-9 solved 0-7; B solved 2-9 (listed in another order): only A 0,1; only B 8,9; both 2-7."""
+    a = {"episode_seeds": list(range(10)), "episode_successes": [1] * 8 + [0] * 2, "successes": 8, "episodes": 10,
+         "success_rate": 0.8}  # fmt: skip
+    b_seeds = list(range(9, -1, -1))
+    b = {"episode_seeds": b_seeds, "episode_successes": [int(seed >= 2) for seed in b_seeds], "successes": 8,
+         "episodes": 10, "success_rate": 0.8}  # fmt: skip
+    assert discordant_pairs(a, b) == (2, 2)
+    out = compare(a, b)
+    # 2 vs 2: P(X <= 2) = (1 + 4 + 6) / 16 = 11/16, doubled > 1 -> 1.
+    assert out["discordant"] == [2, 2] and out["p_value_mcnemar"] == 1.0 and "McNemar" in out["test_mcnemar"]
+    with pytest.raises(ValueError, match="same episodes"):
+        compare(a, {**b, "episode_seeds": list(range(1, 11))})
+    assert "p_value_mcnemar" not in compare({"successes": 1, "episodes": 2, "success_rate": 0.5}, a)
 
 
 def test_evaluate_policy_api_scripted_expert_is_perfect_at_noise_0():
@@ -159,6 +189,10 @@ def test_eval_cli_compare(tmp_path):
     assert second["baseline"] == "scripted" and second["policy"] == "random"
     assert second["difference"] == pytest.approx(second["success_rate"] - 1.0)
     assert second["p_value"] < 1e-6  # 20/20 vs (nearly) 0/20
+    assert first["episode_seeds"] == second["episode_seeds"] == list(range(20))
+    only_scripted, only_random = second["discordant"]
+    assert only_random == 0 and only_scripted == 20 - sum(second["episode_successes"])
+    assert second["p_value_mcnemar"] == pytest.approx(mcnemar_exact(only_scripted, 0))
 
 
 def test_rollout_cli_transcripts_and_sft_ready_jsonl(tmp_path):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 METRICS = (
@@ -40,3 +42,67 @@ def test_quickstart_smoke(tmp_path):
         assert list((tmp_path / stage / "wandb").glob("offline-run-*/*.wandb")), stage
     tables = list((tmp_path / "ppo" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
     assert tables and "[[" in tables[0].read_text()
+
+
+def test_control_gets_ppo_wall_time_and_its_own_folder(tmp_path, monkeypatch):
+    """--control: after PPO, SFT runs again from the SFT policy with max_seconds = PPO's measured seconds, into
+    sft_control/ (the stages are stand-ins that record their argv; PPO's takes ~0.3 s)."""
+    import time
+
+    from rlagent import train_ppo, train_reward, train_sft
+    from rlagent.cli import quickstart
+
+    calls = []
+    for module, pause in ((train_sft, 0.0), (train_reward, 0.0), (train_ppo, 0.3)):
+        monkeypatch.setattr(module, "main", lambda argv, pause=pause: (calls.append(argv), time.sleep(pause)))
+    args = quickstart.parse(["--output-dir", str(tmp_path), "--control"])
+    seconds = quickstart.run_stages(args)
+    assert [call[1].split("/")[-1] for call in calls] == ["sft.yaml", "reward.yaml", "ppo.yaml", "sft.yaml"]
+    control = calls[-1]
+    assert f"output_dir={tmp_path / 'sft_control'}" in control
+    assert f"model.name_or_path={tmp_path / 'sft' / 'final'}" in control
+    budget = [float(a.split("=")[1]) for a in control if a.startswith("max_seconds=")]
+    assert budget == [seconds["ppo"]] and 0.3 <= seconds["ppo"] < 5 and "sft_control" in seconds
+    assert "eval_every=0" in control and "optim.schedule=constant" in control
+
+
+def test_table_shows_both_p_values_and_the_control(capsys):
+    from rlagent.cli.evaluate import compare
+    from rlagent.cli.quickstart import print_table
+
+    def result(successes):  # 4 episodes, seeds 0-3
+        stats = {
+            "success_ci95": [0.0, 1.0],
+            "mean_turns": 2.0,
+            "tool_calls_per_episode": 1.0,
+            "invalid_tool_call_rate": 0.0,
+            "episode_seeds": [0, 1, 2, 3],
+            "episode_successes": successes,
+        }
+        return {"successes": sum(successes), "episodes": 4, "success_rate": sum(successes) / 4, **stats}
+
+    sft, control, ppo = result([1, 0, 0, 0]), result([1, 1, 0, 0]), result([0, 1, 1, 1])
+    control.update(compare(sft, control))
+    ppo.update(compare(sft, ppo))
+    row = {"sft": sft, "sft_control": control, "ppo": ppo, "ppo_vs_control": compare(control, ppo)}
+    print_table({"rlagent/Calculator-hard-v0": row}, {"ppo": 1.0})
+    out = capsys.readouterr().out
+    assert "SFT control" in out and "McNemar" in out
+    # PPO vs SFT: discordant 1 (seed 0) : 3 (seeds 1-3); 2 * P(Bin(4, 1/2) <= 1) = 2 * 5/16 = 0.625
+    assert ppo["discordant"] == [1, 3] and ppo["p_value_mcnemar"] == 0.625 and "0.62 (1:3)" in out
+    assert "PPO vs SFT control, Calculator-hard-v0 greedy: +25.0%" in out
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_with_control(tmp_path):
+    """The whole tiny pipeline with --control: an sft_control stage and row, evaluated on the same episodes."""
+    run_cli("rlagent", "quickstart", "--output-dir", str(tmp_path), "--smoke", "--eval-episodes", "6", "--control")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    control = json.loads((tmp_path / "sft_control" / "summary.json").read_text())
+    assert control["steps"] >= 1 and (tmp_path / "sft_control" / "final" / "config.json").is_file()
+    assert summary["seconds"]["sft_control"] > 0
+    for env_id in ("rlagent/Calculator-v0", "rlagent/KBSearch-v0"):
+        row = summary[env_id]
+        assert row["sft_control"]["episode_seeds"] == row["ppo"]["episode_seeds"] == row["sft"]["episode_seeds"]
+        assert set(row["ppo_vs_control"]) >= {"difference", "p_value", "p_value_mcnemar", "discordant"}
+        assert 0.0 <= row["p_value_mcnemar"] <= 1.0 and 0.0 <= row["p_value_mcnemar_sampled"] <= 1.0

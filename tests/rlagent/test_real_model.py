@@ -101,7 +101,7 @@ def test_quickstart_on_the_full_smollm2(tmp_path):
     proc = run_cli("rlagent", "quickstart", "--model", "smollm2-135m-instruct", "--smoke", "--eval-episodes", "2",
                    "--output-dir", str(tmp_path), timeout=3600)  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
-    for env_id in ("rlagent/Calculator-v0", "rlagent/KBSearch-v0"):
+    for env_id in ("rlagent/Calculator-hard-v0", "rlagent/KBSearch-hard-v0"):  # configs/smollm2's env ids
         for policy in ("zero_shot", "sft", "ppo", "zero_shot_sampled", "sft_sampled", "ppo_sampled"):
             assert summary[env_id][policy]["episodes"] == 2
     assert "zero-shot" in proc.stdout

@@ -122,3 +122,28 @@ def test_wandb_offline_and_tensorboard(tmp_path, demo_jsonl):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_max_seconds_stops_on_time_then_evaluates_and_saves(tmp_path, demo_jsonl):
+    """A time budget (what the quickstart's SFT control uses): max_steps far out of reach, so only the clock stops
+    it; the run still ends like one that reached max_steps (held-out eval logged, final/ saved)."""
+    sft(tmp_path, demo_jsonl, "max_steps=100000", "max_seconds=2", "optim.schedule=constant",
+        "optim.warmup_ratio=0", "eval_every=0", "save_every=0", *SMALL_MODEL)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = read_metrics(tmp_path)
+    assert summary["stopped_on_time"] is True and not summary["stopped_early"]
+    assert 1 <= summary["steps"] < 100000 and rows[-1]["step"] == summary["steps"]
+    assert "eval/loss" in rows[-1] and (tmp_path / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_max_seconds_under_two_processes_stops_both_at_one_step(tmp_path, demo_jsonl):
+    """Each process has its own clock; they take the slower one's (a max-reduce), so both stop after the same step
+    (a mismatch would hang the next collective) and the run ends normally."""
+    args = ["max_steps=100000", "max_seconds=3", "optim.schedule=constant", "optim.warmup_ratio=0", "eval_every=0",
+            "save_every=0", "optim.batch_size=8", "optim.micro_batch_size=4", *SMALL_MODEL]  # fmt: skip
+    launch_two_processes("rlagent/train_sft.py", f"output_dir={tmp_path}", "data.source=file",
+                         f"data.path={demo_jsonl}", "progress=false", "log_every=1", *args)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_on_time"] is True and 1 <= summary["steps"] < 100000
+    assert (tmp_path / "final" / "config.json").is_file()
