@@ -184,9 +184,17 @@ def load_tensors(folder: str) -> dict:
 
 
 def checkpoint_loads(path: str) -> str | None:
-    """None if every file of a COMPLETE checkpoint loads, else the reason."""
+    """None if every file of a COMPLETE checkpoint loads and its MANIFEST.json verifies (sizes, SHA-256: a kill
+    must never leave a COMPLETE checkpoint whose manifest disagrees), else the reason."""
     import torch
 
+    from rlagent.training.checkpoints import MANIFEST, checkpoint_problem
+
+    if not os.path.isfile(os.path.join(path, MANIFEST)):
+        return f"no {MANIFEST}"
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        return f"manifest: {problem}"
     try:
         torch.load(os.path.join(path, "training_state.pt"), weights_only=False)
         for name in os.listdir(path):

@@ -97,3 +97,28 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
     mismatched = {r["stage"]: r["summary_mismatch"] for r in results if r["summary_mismatched_keys"]}
     shutil.rmtree(tmp_path, ignore_errors=True)
     assert not mismatched, f"summary.json differs after resume: {mismatched}"
+
+
+def test_a_kill_while_the_manifest_is_written_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The manifest is written inside step-N.tmp before COMPLETE and the rename: dying there loses only step N."""
+    import torch
+    from accelerate import Accelerator
+
+    class Tiny(torch.nn.Linear):
+        def save_pretrained(self, folder, **kwargs):
+            os.makedirs(folder, exist_ok=True)
+            torch.save(self.state_dict(), os.path.join(folder, "weights.pt"))
+
+    accelerator, model = Accelerator(cpu=True), Tiny(2, 2)
+    checkpoints.save_checkpoint(accelerator, str(tmp_path), 1, {"model": model}, {"step": 1})
+
+    def killed(folder):
+        with open(os.path.join(folder, checkpoints.MANIFEST), "w") as handle:
+            handle.write('{"files": {"rng')  # torn mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(accelerator, str(tmp_path), 2, {"model": model}, {"step": 2})
+    assert os.path.isdir(tmp_path / "checkpoints" / "step-2.tmp")
+    assert checkpoints.resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoints" / "step-1")
