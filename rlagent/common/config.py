@@ -87,16 +87,23 @@ def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING, range: Ran
 
 
 def field_range(f: dataclasses.Field, tp: Any) -> Range | None:
-    """The declared range of a numeric field, else its type's default; None for non-numeric fields."""
+    """The declared range of a numeric field (or of a list of numbers' items), else its type's default; None for
+    non-numeric fields."""
     inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is list:
+        (inner,) = typing.get_args(inner)
     return f.metadata.get("range") or DEFAULT_RANGES.get(inner)
 
 
 def check_range(value: Any, f: dataclasses.Field, tp: Any, key: str, where: str) -> None:
-    """A ConfigError naming the key and the allowed values when a number is outside its field's range."""
+    """A ConfigError naming the key (and item) and the allowed values when a number is outside its field's range."""
     allowed = field_range(f, tp)
-    if allowed is not None and value is not None and not allowed.allows(value):
-        raise ConfigError(f"{where}: '{key}' must be {allowed.describe()}, got {value!r}")
+    if allowed is None or value is None:
+        return
+    for index, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+        if not allowed.allows(item):
+            name = key if index is None else f"{key}[{index}]"
+            raise ConfigError(f"{where}: '{name}' must be {allowed.describe()}, got {item!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

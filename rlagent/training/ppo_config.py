@@ -99,7 +99,7 @@ class AlgoConfig:
     estimator: Literal["gae", "grpo", "rloo"] = doc(
         "Advantages: GAE with the critic, or critic-free grpo / rloo.", "gae"
     )
-    group_size: int = doc("Samples per task for grpo / rloo.", 4, range=AT_LEAST_ONE)
+    group_size: int = doc("Samples per task for grpo / rloo.", 4, range=Range(2, None))
     gamma: float = doc("Discount over tokens.", 1.0, range=FRACTION)
     lam: float = doc("GAE lambda.", 0.95, range=FRACTION)
     whiten_advantages: bool = doc("Whiten advantages over policy tokens once per rollout batch.", True)

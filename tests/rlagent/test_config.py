@@ -101,7 +101,7 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     assert "optim.lr (float, in [0, 1e+38], default 0.001): Peak learning rate (AdamW)." in out
     assert "model.tiny.hidden_size (int, >= 1, default 192)" in out
-    assert "report_to (list[str], default ['jsonl'])" in out
+    assert "report_to (list[Literal['jsonl', 'wandb', 'tensorboard']], default ['jsonl'])" in out
 
 
 def test_partial_nested_override_keeps_stage_defaults():
@@ -128,3 +128,47 @@ def test_every_stage_config_has_the_common_keys_with_its_own_defaults():
         assert isinstance(cfg, StageConfig)
         assert (cfg.output_dir, cfg.max_steps, cfg.save_every) == (output_dir, max_steps, save_every)
         assert (cfg.report_to, cfg.resume_from, cfg.keep_checkpoints) == (["jsonl", "tensorboard"], "auto", 3)
+
+
+def test_every_numeric_field_has_a_range_its_default_is_in():
+    """Every int/float field (and list of numbers) of every stage has a range — declared, or its type's default
+    (ints >= 0, floats finite) — and the stage's own default lies inside it."""
+    import dataclasses
+    import math
+    import typing
+
+    from rlagent.common.config import Range, field_range
+    from rlagent.train_ppo import PPOConfig
+    from rlagent.train_reward import RewardConfig
+    from rlagent.train_sft import SFTConfig
+
+    def walk(cls, instance, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp, value = hints[f.name], getattr(instance, f.name)
+            if dataclasses.is_dataclass(tp):
+                yield from walk(tp, value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f, tp, value
+
+    numeric = 0
+    for cls in (SFTConfig, RewardConfig, PPOConfig):
+        for key, f, tp, default in walk(cls, cls()):
+            allowed = field_range(f, tp)
+            if allowed is None:
+                continue
+            numeric += 1
+            assert isinstance(allowed, Range), key
+            for item in default if isinstance(default, list) else [] if default is None else [default]:
+                assert allowed.allows(item), f"{cls.__name__}.{key}: default {item!r} is not {allowed.describe()}"
+    assert numeric > 60
+    assert not Range().allows(math.nan) and not Range().allows(math.inf) and Range().allows(-1e300)
+
+
+def test_a_list_of_numbers_is_checked_item_by_item():
+    from rlagent.common.config import ConfigError
+    from rlagent.training.ppo_config import PPOConfig
+
+    with pytest.raises(ConfigError, match=r"'reward.function_weights\[1\]' must be finite, got nan"):
+        load_config(PPOConfig, None, ["reward.function_weights=[1.0,.nan]"])
+    assert load_config(PPOConfig, None, ["reward.function_weights=[1.0,-2]"]).reward.function_weights == [1.0, -2.0]
