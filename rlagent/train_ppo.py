@@ -30,7 +30,14 @@ from rlagent.common.config import ConfigError, parse_args, run_main, save_config
 from rlagent.common.modeling import count_parameters, load_tokenizer
 from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
 from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
-from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from rlagent.training.checkpoints import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+)
 from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
     AlgoConfig,
     CurriculumConfig,
@@ -270,6 +277,9 @@ class PPOTrainer:
         if value is not None:
             params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
         optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
+        if value is not None and accelerator.distributed_type == "FSDP":
+            # accelerate's FSDP2 prepares one model per call and one optimizer over it; the critic shares ours.
+            raise ConfigError("FSDP shards one model: use algo.estimator=grpo or rloo (no critic), or ddp/zero2")
         if value is not None:
             policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
         else:
@@ -286,7 +296,7 @@ class PPOTrainer:
         """Resume: weights, optimiser, schedule, KL controller, curriculum, shuffle RNG, iteration, skip streak."""
         models = {name: self.accelerator.unwrap_model(model) for name, model in self._models().items()}
         state = load_checkpoint(path, models, self.rank)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.accelerator, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.curriculum.load_state_dict(state["curriculum"])
@@ -304,7 +314,8 @@ class PPOTrainer:
             trainable, total = count_parameters(self.policy)
             print(
                 f"rlagent ppo: {trainable:,}/{total:,} trainable policy parameters, {cfg.env.episodes} episodes per "
-                f"iteration over {self.world} process(es), estimator={cfg.algo.estimator}, resume={self.resume}"
+                f"iteration over {self.world} process(es) ({accelerator.distributed_type.value}), "
+                f"estimator={cfg.algo.estimator}, resume={self.resume}"
             )
         progress = Progress(
             cfg.max_steps, "ppo", enabled=cfg.progress and accelerator.is_main_process, start=self.start
@@ -507,7 +518,7 @@ class PPOTrainer:
         if not ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps):
             return
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.accelerator, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
             "curriculum": self.curriculum.state_dict(),

@@ -27,7 +27,13 @@ import torch
 
 from rlagent.common.config import StageConfig, doc, save_config
 from rlagent.common.modeling import count_parameters
-from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from rlagent.training.checkpoints import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from rlagent.training.setup import batch_indices, build_optimizer
 from rlagent.training.tracking import Progress, Tracker
 
@@ -116,7 +122,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         print(
             f"rlagent {task.name}: {parameters[0]:,}/{parameters[1]:,} trainable parameters, {task.describe}, "
-            f"{accelerator.num_processes} process(es), resume={resume}"
+            f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), resume={resume}"
         )
     progress = Progress(
         cfg.max_steps, task.name, enabled=cfg.progress and accelerator.is_main_process, start=start_step
@@ -207,7 +213,7 @@ def save_state(
     """Weights, optimiser, schedule, step, early-stopping state and the run `record` (last metrics, first loss) as
     OUTPUT_DIR/checkpoints/step-N (atomic)."""
     state = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state(accelerator, optimizer),
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best_eval": stopping.best,
@@ -225,7 +231,7 @@ def restore_state(
     if not resume:
         return 0, EarlyStopping(patience), {}
     state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(accelerator, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     # Checkpoints written before the record existed resume with an empty one (first loss unknown).
     return state["step"], EarlyStopping(patience, state["best_eval"], state["bad_evals"]), state.get("record", {})
