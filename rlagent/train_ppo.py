@@ -277,9 +277,11 @@ class PPOTrainer:
         if value is not None:
             params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
         optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
-        if value is not None and accelerator.distributed_type == "FSDP":
-            # accelerate's FSDP2 prepares one model per call and one optimizer over it; the critic shares ours.
-            raise ConfigError("FSDP shards one model: use algo.estimator=grpo or rloo (no critic), or ddp/zero2")
+        if accelerator.distributed_type == "FSDP":
+            # Each sharded forward is a collective, but ranks generate episodes of different lengths, so their
+            # forward counts differ and the rollout deadlocks (measured: no iteration in 6 min on 2 CPU processes);
+            # accelerate's FSDP2 also takes one model per optimizer, and the critic shares ours.
+            raise ConfigError("PPO does not run under FSDP (sharded generation deadlocks): use ddp, or zero2/zero3")
         if value is not None:
             policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
         else:

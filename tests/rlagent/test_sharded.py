@@ -89,7 +89,6 @@ PPO = [
     "max_steps=2",
     "save_every=1",
     "progress=false",
-    "algo.estimator=grpo",  # accelerate's FSDP2 takes one model per optimizer: no separate critic
 ]
 DDP = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
 
@@ -108,30 +107,20 @@ def assert_same_metrics(a, b, rel=1e-4):
 
 @pytest.fixture(scope="module")
 def ppo_ddp(tmp_path_factory):
-    """PPO on 2 CPU processes, replicated weights: what FSDP and two machines are compared with. Each rank samples
-    with its own seed (seed + rank), so a 1-process run plays different episodes by design."""
+    """PPO on 2 CPU processes, replicated weights: what two machines are compared with. Each rank samples with its
+    own seed (seed + rank), so a 1-process run plays different episodes by design."""
     out = tmp_path_factory.mktemp("ppo") / "ddp"
     launch(*DDP, "rlagent/train_ppo.py", f"output_dir={out}", *PPO)
     return out
 
 
 @pytest.mark.slow
-def test_fsdp_ppo_matches_two_replicated_processes(tmp_path, ppo_ddp):
-    """PPO under FSDP: the sharded policy generates the same tokens (equal rollout metrics: lengths, rewards, tool
-    calls), the updates match (losses, KL, value metrics to 1e-4 relative) and so does final/ (1e-5)."""
-    proc = launch(*FSDP, "rlagent/train_ppo.py", f"output_dir={tmp_path}", *PPO)
-    assert "2 process(es) (FSDP)" in proc.stdout
-    assert_same_metrics(ppo_ddp, tmp_path)
-    assert_same_weights(ppo_ddp / "final", tmp_path / "final")
-
-
-@pytest.mark.slow
-def test_fsdp_ppo_with_a_critic_is_a_config_error(tmp_path):
-    """accelerate's FSDP2 refuses two models in one prepare ("Only one model is supported"): say what to do instead.
-    Before this, on CPU the fsdp config ran as plain DDP and hid it."""
-    proc = launch(*FSDP, "rlagent/train_ppo.py", f"output_dir={tmp_path}", *PPO, "algo.estimator=gae", check=False)
-    assert proc.returncode != 0
-    assert "FSDP shards one model: use algo.estimator=grpo or rloo" in proc.stderr
+def test_ppo_under_fsdp_is_a_config_error(tmp_path):
+    """PPO under FSDP deadlocked in its first rollout (ranks run different numbers of sharded forwards while they
+    generate; before the fsdp fix it silently ran as DDP on CPU): it stops at once with a one-line error."""
+    proc = launch(*FSDP, "rlagent/train_ppo.py", f"output_dir={tmp_path}", *PPO, check=False)
+    assert proc.returncode != 0  # 2 from the stage; the launcher reports its own code
+    assert "PPO does not run under FSDP (sharded generation deadlocks)" in proc.stderr
 
 
 @pytest.mark.slow
