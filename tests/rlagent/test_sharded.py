@@ -142,3 +142,17 @@ def test_two_machines_match_two_processes(tmp_path, ppo_ddp):
     assert "over 2 process(es) (MULTI_CPU)" in outs[0]
     assert_same_metrics(ppo_ddp, tmp_path)
     assert_same_weights(ppo_ddp / "final", tmp_path / "final")
+
+
+@pytest.mark.slow
+def test_sharded_policy_generates_the_same_greedy_tokens(tmp_path):
+    """A policy under FSDP (weights split over 2 processes, gathered layer by layer in each forward) generates the
+    same 12 greedy tokens for 2 prompts as the same folder on one unsharded process."""
+    sft_one(tmp_path / "sft", "max_steps=1", "save_every=0")
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_generate_worker.py")
+    policy = str(tmp_path / "sft" / "final")
+    run_cli(os.path.join(BIN, "python"), worker, policy, str(tmp_path / "one.pt"), env=ONE_THREAD)
+    launch(*FSDP, worker, policy, str(tmp_path / "fsdp.pt"))
+    one, fsdp = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "fsdp.pt")
+    assert fsdp["sharded"] and not one["sharded"]
+    assert torch.equal(one["tokens"], fsdp["tokens"])
