@@ -27,7 +27,12 @@ FSDP = ["--config_file", os.path.join(ROOT, "configs", "accelerate", "fsdp.yaml"
 
 
 def sft_argv(args, out: str, lora: bool) -> list[str]:
-    model = ["model.name_or_path=tiny", "model.tiny.hidden_size=256", "model.tiny.num_layers=4"]
+    model = [
+        "model.name_or_path=tiny",
+        "model.tiny.hidden_size=256",
+        "model.tiny.num_layers=4",
+        "model.tiny.num_heads=4",
+    ]
     argv = [
         f"output_dir={out}",
         *(model if args.quick else ["model.name_or_path=smollm2-135m-instruct"]),
