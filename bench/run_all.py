@@ -41,6 +41,7 @@ BENCHMARKS = {
     "multiturn_vs_trl_grpo": ["--quick"],
     "multiturn_vs_trl_grpo_smollm2": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
+    "memory_sharded": ["--quick"],
     "sft_real_shape": ["--quick"],
     "memory_phases": ["--quick"],
     "ppo_learning": ["--quick"],
@@ -192,6 +193,15 @@ def render_multiturn(result: dict) -> list[str]:
     return rows
 
 
+def render_memory_sharded(result: dict) -> list[str]:
+    rows = ["| fine-tuning | 1 process (MiB) | FSDP2, 2 processes: rank 0 / rank 1 (MiB) |", "|---|---|---|"]
+    for kind in ("full", "lora"):
+        ranks = " / ".join(f"{peak:.0f}" for peak in result[f"fsdp2_{kind}"])
+        rows.append(f"| {kind} | {result[f'one_{kind}']:.0f} | {ranks} |")
+    rows.append(f"\n{result['model']}, {result['steps']} SFT steps of {result['batch']} conversations, fp32.")
+    return rows
+
+
 def render_memory(result: dict) -> list[str]:
     rows = [
         "| variant | trainable / total parameters | peak RSS (MiB) | added by training (MiB) | tokens / s |",
@@ -271,6 +281,7 @@ RENDERERS = {
     "multiturn_vs_trl_grpo": render_multiturn,
     "multiturn_vs_trl_grpo_smollm2": render_multiturn,
     "memory_lora_vs_full": render_memory,
+    "memory_sharded": render_memory_sharded,
     "sft_real_shape": render_sft_real_shape,
     "memory_phases": render_memory_phases,
 }
@@ -281,6 +292,7 @@ TITLES = {
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",
     "multiturn_vs_trl_grpo_smollm2": "Multi-turn Calculator-v0 at SmolLM2's shape (2 layers) vs TRL GRPOTrainer",
     "memory_lora_vs_full": "Peak memory: full fine-tuning vs LoRA",
+    "memory_sharded": "Peak memory per process: one process vs FSDP full shard on two (CPU, gloo)",
     "sft_real_shape": "SFT at a real vocabulary (SmolLM2-135M): rlagent step vs plain HF step, speed and peak RSS",
     "memory_phases": "Peak memory by phase of rlagent sft / ppo on SmolLM2-135M-Instruct (LoRA)",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",

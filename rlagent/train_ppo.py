@@ -30,7 +30,14 @@ from rlagent.common.config import ConfigError, parse_args, run_main, save_config
 from rlagent.common.modeling import count_parameters, load_tokenizer
 from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
 from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
-from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from rlagent.training.checkpoints import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    resolve_resume,
+    save_checkpoint,
+    save_final,
+)
 from rlagent.training.guards import StepGuard
 from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
     AlgoConfig,
@@ -274,6 +281,11 @@ class PPOTrainer:
         if value is not None:
             params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
         optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
+        if accelerator.distributed_type == "FSDP":
+            # Each sharded forward is a collective, but ranks generate episodes of different lengths, so their
+            # forward counts differ and the rollout deadlocks (measured: no iteration in 6 min on 2 CPU processes);
+            # accelerate's FSDP2 also takes one model per optimizer, and the critic shares ours.
+            raise ConfigError("PPO does not run under FSDP (sharded generation deadlocks): use ddp, or zero2/zero3")
         if value is not None:
             policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
         else:
@@ -290,7 +302,7 @@ class PPOTrainer:
         """Resume: weights, optimiser, schedule, KL controller, curriculum, shuffle RNG, iteration, skip streak."""
         models = {name: self.accelerator.unwrap_model(model) for name, model in self._models().items()}
         state = load_checkpoint(path, models, self.rank)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.accelerator, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.curriculum.load_state_dict(state["curriculum"])
@@ -309,7 +321,8 @@ class PPOTrainer:
             trainable, total = count_parameters(self.policy)
             print(
                 f"rlagent ppo: {trainable:,}/{total:,} trainable policy parameters, {cfg.env.episodes} episodes per "
-                f"iteration over {self.world} process(es), estimator={cfg.algo.estimator}, resume={self.resume}"
+                f"iteration over {self.world} process(es) ({accelerator.distributed_type.value}), "
+                f"estimator={cfg.algo.estimator}, resume={self.resume}"
             )
         progress = Progress(
             cfg.max_steps, "ppo", enabled=cfg.progress and accelerator.is_main_process, start=self.start
@@ -523,7 +536,7 @@ class PPOTrainer:
         if self.guard.updates == 0:  # nothing learned yet: a checkpoint would only save the start model again
             return
         state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.accelerator, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
             "curriculum": self.curriculum.state_dict(),

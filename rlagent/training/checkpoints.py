@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from rlagent.common.config import ConfigError
 from rlagent.training.guards import assert_finite
@@ -124,7 +125,7 @@ def check_resume_from(resume_from: str | None) -> None:
         resolve_resume(resume_from, "")
 
 
-def save_model(model, folder: str) -> None:
+def save_model(model, folder: str, state_dict: dict | None = None) -> None:
     """save_pretrained (safetensors). A LoRA model whose base is a short name (smollm2-135m-instruct), not a folder:
     PEFT's save_embedding_layers='auto' would look that name up on the Hugging Face Hub (rlagent never goes online;
     offline it warns and saves no embeddings), so say False, which is what it ends up doing."""
@@ -132,7 +133,65 @@ def save_model(model, folder: str) -> None:
     base = getattr(getattr(model, "peft_config", {}).get("default"), "base_model_name_or_path", None)
     if base and not os.path.isdir(base):
         kwargs["save_embedding_layers"] = False
+    if state_dict is not None:
+        kwargs["state_dict"] = state_dict
     model.save_pretrained(folder, safe_serialization=True, **kwargs)
+
+
+# FSDP: every process holds a slice of each weight and of its optimiser state. Saving gathers the full tensors (a
+# collective every rank joins; rank 0 receives them), so a checkpoint or final/ is the same file whatever the number
+# of processes, and loads in plain transformers. Resuming hands each rank its slice again.
+
+
+def is_sharded(accelerator) -> bool:
+    return accelerator.distributed_type == "FSDP"
+
+
+def full_state_dicts(accelerator, models: dict) -> dict:
+    """name -> the full state dict (rank 0) under FSDP, name -> None otherwise (save_pretrained reads the module)."""
+    return {name: accelerator.get_state_dict(m) if is_sharded(accelerator) else None for name, m in models.items()}
+
+
+def optimizer_state(accelerator, optimizer) -> dict:
+    """optimizer.state_dict(); under FSDP this rank's slices as plain tensors (save_checkpoint writes one file per
+    rank, so a resume needs the same number of processes)."""
+    state = optimizer.state_dict()
+    if is_sharded(accelerator):
+        state["state"] = {
+            index: {key: value.to_local() if isinstance(value, DTensor) else value for key, value in slot.items()}
+            for index, slot in state["state"].items()
+        }
+    return state
+
+
+def load_optimizer_state(accelerator, optimizer, saved: dict) -> None:
+    """The inverse of optimizer_state: under FSDP the saved slices become DTensors shaped like their parameters."""
+    if is_sharded(accelerator):
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        saved["state"] = {
+            index: {key: _like(params[index], value) for key, value in slot.items()}
+            for index, slot in saved["state"].items()
+        }
+    optimizer.load_state_dict(saved)
+
+
+def _like(param, value):
+    """`value` (a slice saved by this rank) as a DTensor laid out like `param`; scalars (AdamW's step) stay as is."""
+    if isinstance(param, DTensor) and torch.is_tensor(value) and value.dim() > 0:
+        return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False)
+    return value
+
+
+def _shard_weights(model, weights: dict) -> dict:
+    """Full tensors from a checkpoint as DTensors where the (FSDP) model holds DTensors; every rank loads the same
+    file, so each keeps its own slice."""
+    own = model.state_dict()
+    return {
+        key: distribute_tensor(value, own[key].device_mesh, own[key].placements)
+        if isinstance(own.get(key), DTensor)
+        else value
+        for key, value in weights.items()
+    }
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state: dict, keep: int = 2) -> str:
@@ -144,12 +203,16 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
-    # Each rank keeps its own RNG stream (seed + rank), so each saves it.
+    # Each rank keeps its own RNG stream (seed + rank), so each saves it; under FSDP its optimiser slices too.
     torch.save(rng_state(), os.path.join(tmp, f"rng_rank{accelerator.process_index}.pt"))
+    if is_sharded(accelerator):
+        state = dict(state)
+        torch.save(state.pop("optimizer"), os.path.join(tmp, f"optimizer_rank{accelerator.process_index}.pt"))
+    full = full_state_dicts(accelerator, models)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, model in models.items():
-            save_model(accelerator.unwrap_model(model), os.path.join(tmp, name))
+            save_model(accelerator.unwrap_model(model), os.path.join(tmp, name), full[name])
         torch.save(state, os.path.join(tmp, "training_state.pt"))
         write_manifest(tmp)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
@@ -208,7 +271,7 @@ def _load_checkpoint_files(path: str, models: dict, rank: int) -> dict:
         elif hasattr(model, "load_adapter_weights"):
             model.load_adapter_weights(weights)
         else:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
+            missing, unexpected = model.load_state_dict(_shard_weights(model, weights), strict=False)
             # Tied embeddings are saved once; anything else missing means the checkpoint does not match.
             missing = [k for k in missing if "lm_head" not in k]
             if missing or unexpected:
@@ -217,6 +280,9 @@ def _load_checkpoint_files(path: str, models: dict, rank: int) -> dict:
                     f"unexpected={unexpected[:3]})"
                 )
     state = torch.load(os.path.join(path, "training_state.pt"), weights_only=False)
+    optimizer_file = os.path.join(path, f"optimizer_rank{rank}.pt")
+    if os.path.isfile(optimizer_file):
+        state["optimizer"] = torch.load(optimizer_file, weights_only=False)
     rng_file = os.path.join(path, f"rng_rank{rank}.pt")
     if os.path.isfile(rng_file):
         set_rng_state(torch.load(rng_file, weights_only=False))
@@ -225,13 +291,14 @@ def _load_checkpoint_files(path: str, models: dict, rank: int) -> dict:
 
 def save_final(accelerator, model, tokenizer, folder: str, extra_files: dict | None = None) -> None:
     """Write OUTPUT_DIR/final in Hugging Face format with its tokenizer, atomically (temp folder + rename)."""
+    full = full_state_dicts(accelerator, {"model": model})["model"]
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    assert_finite({"the model": accelerator.unwrap_model(model)}, folder)
+    assert_finite({"the model": full if full is not None else accelerator.unwrap_model(model)}, folder)
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(accelerator.unwrap_model(model), tmp)
+    save_model(accelerator.unwrap_model(model), tmp, full)
     tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
         with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:

@@ -27,7 +27,13 @@ import torch
 
 from rlagent.common.config import AT_LEAST_ONE, NON_NEGATIVE, StageConfig, doc, save_config
 from rlagent.common.modeling import count_parameters
-from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
+from rlagent.training.checkpoints import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from rlagent.training.guards import StepGuard
 from rlagent.training.setup import batch_indices, build_optimizer
 from rlagent.training.tracking import Progress, Tracker
@@ -174,7 +180,7 @@ def announce(cfg: SupervisedConfig, accelerator, task: SupervisedTask, parameter
         save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         print(
             f"rlagent {task.name}: {parameters[0]:,}/{parameters[1]:,} trainable parameters, {task.describe}, "
-            f"{accelerator.num_processes} process(es), resume={resume}"
+            f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), resume={resume}"
         )
 
 
@@ -236,7 +242,7 @@ def save_state(
     """Weights, optimiser, schedule, step, early-stopping state and the run `record` (last metrics, first loss) as
     OUTPUT_DIR/checkpoints/step-N (atomic)."""
     state = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state(accelerator, optimizer),
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best_eval": stopping.best,
@@ -254,7 +260,7 @@ def restore_state(
     if not resume:
         return 0, EarlyStopping(patience), {}
     state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(accelerator, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     # Checkpoints written before the record existed resume with an empty one (first loss unknown).
     return state["step"], EarlyStopping(patience, state["best_eval"], state["bad_evals"]), state.get("record", {})

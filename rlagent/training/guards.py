@@ -12,23 +12,29 @@ import torch
 from rlagent.common.config import TrainingError
 
 
-def non_finite_parameters(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
-    """Names of parameters holding a NaN or an infinity (at most 3, enough for the message)."""
+def non_finite_tensors(named) -> list[str]:
+    """Names of the (name, tensor) pairs holding a NaN or an infinity (at most 3, enough for the message). A sharded
+    tensor (FSDP's DTensor) is checked on this process's shard only: no collective, so any rank may call it alone."""
     bad = []
-    for name, parameter in model.named_parameters():
-        if trainable_only and not parameter.requires_grad:
-            continue
-        if not bool(torch.isfinite(parameter.detach()).all()):
+    for name, tensor in named:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if torch.is_tensor(local) and local.is_floating_point() and not bool(torch.isfinite(local.detach()).all()):
             bad.append(name)
             if len(bad) == 3:
                 break
     return bad
 
 
+def non_finite_parameters(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
+    """Names of (trainable, if asked) parameters holding a NaN or an infinity (at most 3)."""
+    return non_finite_tensors((n, p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only)
+
+
 def assert_finite(models: dict, what: str) -> None:
-    """TrainingError before `what` is written when any model holds a non-finite weight."""
+    """TrainingError before `what` is written when any model (a module, or a full state dict) holds a non-finite
+    weight."""
     for name, model in models.items():
-        bad = non_finite_parameters(model)
+        bad = non_finite_tensors(model.items()) if isinstance(model, dict) else non_finite_parameters(model)
         if bad:
             raise TrainingError(f"not writing {what}: {name} has non-finite weights ({', '.join(bad)})")
 

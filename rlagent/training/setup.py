@@ -4,7 +4,9 @@ schedule."""
 from __future__ import annotations
 
 import math
+import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -23,7 +25,32 @@ def make_accelerator(**kwargs):
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # "Writing model shards" bars would interleave with our own progress bar
-    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    on_cpu = accelerator.distributed_type == "MULTI_CPU"
+    if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        _use_fsdp_on_cpu(accelerator)
+    if on_cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        warnings.warn("DeepSpeed on CPU processes: accelerate runs plain data parallel here (no ZeRO)", stacklevel=2)
+    return accelerator
+
+
+def _use_fsdp_on_cpu(accelerator) -> None:
+    """Honour `--config_file configs/accelerate/fsdp.yaml` on CPU processes (gloo).
+
+    accelerate only switches MULTI_GPU-like states to FSDP, so on a CPU host the fsdp config silently ran plain DDP
+    (replicated weights). FSDP2's fully_shard works over gloo, so switch the shared state to FSDP with the plugin the
+    launcher described in the environment.
+    """
+    from accelerate import FullyShardedDataParallelPlugin, PartialState
+    from accelerate.utils import DistributedType
+
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.state.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.state.mixed_precision)
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    # Every AcceleratorState() refreshes itself from PartialState's shared dict; accelerate does the same on GPUs.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def set_seed(seed: int, rank: int = 0) -> None:
