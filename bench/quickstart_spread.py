@@ -52,7 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-seed", type=int, default=10_000, help="Episode i of the eval uses seed EVAL_SEED+i.")
     parser.add_argument("--full", action="store_true", help="Run the whole quickstart (SFT, reward, PPO) per cell.")
     parser.add_argument("--out", default=None, help="Where the runs go (default: a temporary folder).")
-    parser.add_argument("--quick", action="store_true", help="Smoke: 2 settings x 1 seed, 30 steps, 10 episodes.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Smoke: 2 settings x 1 seed, 30 steps, 10 episodes (--full: --smoke)."
+    )
     parser.add_argument("overrides", nargs="*", help="Extra key=value overrides for the SFT config.")
     args = parser.parse_args(argv)
     if args.quick:
@@ -109,6 +111,7 @@ def sft_cell(args: argparse.Namespace, setting: str, seed: int, cell_dir: str) -
 def full_cell(args: argparse.Namespace, setting: str, seed: int, cell_dir: str) -> dict:
     """The whole quickstart under one setting and seed; its summary's greedy success of SFT and PPO."""
     argv = ["quickstart", "--output-dir", cell_dir, "--seed", str(seed), "--eval-episodes", str(args.episodes)]
+    argv += ["--smoke"] if args.quick else []  # minutes-scale stages: checks the plumbing, not the spread
     run_cli(argv, setting, os.path.join(cell_dir, "quickstart.log"))
     losses = eval_losses(os.path.join(cell_dir, "sft"))
     cell = {"eval_loss": losses[max(losses)], "eval_loss_curve": losses}
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cells": cells,
     }
     for key, s in result["spread"].items():
-        print(f"{key}: mean {s['mean']:.4f}, range [{s['min']:.4f}, {s['max']:.4f}] over {s['n']} runs")
+        print(f"{key}: mean {s['mean']:.7g}, range [{s['min']:.7g}, {s['max']:.7g}] over {s['n']} runs")
     print(f"   uptime: {uptime()}")
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return result

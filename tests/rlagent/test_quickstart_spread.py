@@ -12,9 +12,13 @@ from tests.conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "bench", "quickstart_spread.py")
 STEPS = 100
-# Largest |eval loss difference| allowed between the two settings after STEPS steps. Measured on the 2-core AMD
-# EPYC machine (2026-12-04), see MEASURED below.
-MARGIN = 0.02
+# Largest |eval loss difference| allowed between the two settings after STEPS steps. Measured on the 2-core AMD EPYC
+# machine (2026-12-04, `python bench/quickstart_spread.py --settings default,avx512 --seeds 0 --steps 100 --episodes 20
+# eval_every=50`): eval loss 0.7714283 / 0.7714237 at step 50 and 0.6914158 / 0.6914133 at step 100, a difference of
+# 2.5e-6; 1e-4 leaves 40x. This covers only the first 100 steps: the 0.07 difference between two CPUs reported at
+# the end of the full 2500-step stage (0.111 vs 0.183) grows later, and is not asserted here (each such run takes
+# ~6 min idle, and its spread has not been measured over kernel settings x seeds yet).
+MARGIN = 1e-4
 
 
 def run_spread(tmp_path, *args: str) -> dict:
