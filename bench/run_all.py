@@ -46,14 +46,16 @@ BENCHMARKS = {
     "memory_phases": ["--quick"],
     "ppo_learning": ["--quick"],
     "kill_resume": ["--kills", "2"],
+    "quickstart_spread": ["--quick"],
 }
 # Names that run another script with fixed arguments: name -> (script, arguments of every run).
 VARIANTS = {
     "ppo_vs_trl_ppo_smollm2": ("ppo_vs_trl_ppo", ["--model", "smollm2", "--layers", "2"]),
     "multiturn_vs_trl_grpo_smollm2": ("multiturn_vs_trl_grpo", ["--model", "smollm2", "--layers", "2"]),
 }
-# Run only when named with --only (minutes of kill/resume cycles; a robustness check, not a speed).
-OPT_IN = {"kill_resume"}
+# Run only when named with --only: robustness checks, not speeds (minutes of kill/resume cycles; quickstart_spread
+# trains the quickstart's SFT stage 9 times, about an hour on an idle 2-core machine).
+OPT_IN = {"kill_resume", "quickstart_spread"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -274,7 +276,21 @@ def render_kill_resume(r: dict) -> list[str]:
     ]
 
 
+def render_quickstart_spread(r: dict) -> list[str]:
+    rows = [
+        f"Settings {', '.join(r['settings'])} x seeds {', '.join(map(str, r['seeds']))}; SFT steps {r['sft_steps']}, "
+        f"{r['episodes']} held-out episodes per environment{' (full quickstart)' if r['full'] else ''}.",
+        "",
+        "| number | mean | min | max | runs |",
+        "|---|---|---|---|---|",
+    ]
+    for key, s in r["spread"].items():
+        rows.append(f"| {key} | {s['mean']:.4f} | {s['min']:.4f} | {s['max']:.4f} | {s['n']} |")
+    return rows
+
+
 RENDERERS = {
+    "quickstart_spread": render_quickstart_spread,
     "kill_resume": render_kill_resume,
     "ppo_vs_trl_ppo": render_ppo,
     "ppo_vs_trl_ppo_smollm2": render_ppo,
@@ -297,6 +313,7 @@ TITLES = {
     "memory_phases": "Peak memory by phase of rlagent sft / ppo on SmolLM2-135M-Instruct (LoRA)",
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
     "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
+    "quickstart_spread": "Tiny quickstart under CPU kernel settings x seeds (SFT eval loss, held-out greedy success)",
 }
 
 

@@ -1,0 +1,44 @@
+"""The quickstart's SFT stage under two CPU kernel settings (bench/quickstart_spread.py): a different CPU rounds
+differently, and the recipe's eval loss must not hinge on that rounding."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, "bench", "quickstart_spread.py")
+STEPS = 100
+# Largest |eval loss difference| allowed between the two settings after STEPS steps. Measured on the 2-core AMD EPYC
+# machine (2026-12-04, `python bench/quickstart_spread.py --settings default,avx512 --seeds 0 --steps 100 --episodes 20
+# eval_every=50`): eval loss 0.7714283 / 0.7714237 at step 50 and 0.6914158 / 0.6914133 at step 100, a difference of
+# 2.5e-6; 1e-4 leaves 40x. This covers only the first 100 steps: the 0.07 difference between two CPUs reported at
+# the end of the full 2500-step stage (0.111 vs 0.183) grows later, and is not asserted here (each such run takes
+# ~6 min idle, and its spread has not been measured over kernel settings x seeds yet).
+MARGIN = 1e-4
+
+
+def run_spread(tmp_path, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": ROOT, "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = [sys.executable, SCRIPT, "--out", str(tmp_path), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return json.loads(lines[0][len("RESULT ") :])
+
+
+@pytest.mark.slow
+def test_sft_eval_loss_agrees_across_kernel_settings(tmp_path):
+    """ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA default (SSE) vs avx512 kernels, seed 0, the quickstart's SFT config
+    cut to STEPS steps (its schedule shrinks with it). The curves must differ (else the two settings ran the same
+    kernels and this checks nothing) and the final eval losses must agree within MARGIN."""
+    args = ["--settings", "default,avx512", "--seeds", "0", "--steps", str(STEPS), "--episodes", "0", "eval_every=50"]
+    result = run_spread(tmp_path, *args)
+    curves = [cell["eval_loss_curve"] for cell in result["cells"]]
+    assert len(curves) == 2 and curves[0] != curves[1], "the two kernel settings gave bit-identical eval losses"
+    losses = result["spread"]["eval_loss"]
+    assert losses["max"] - losses["min"] <= MARGIN, result["spread"]
