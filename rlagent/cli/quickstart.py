@@ -149,24 +149,6 @@ def evaluate_both(args: argparse.Namespace) -> dict:
     return evaluate_sft_vs_ppo(policies, ENV_IDS, args.eval_episodes, seed=args.seed + 10_000)
 
 
-def load_for_eval(spec: str):
-    """(model, tokenizer) of a stage output or a model spec. Plain HF folders (the tiny pipeline's) load as they
-    always have; anything else (a LoRA adapter folder, a short name, a .gguf) through rlagent.common.modeling, which
-    merges adapters and applies the tokenizer fix-ups the stages trained with."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlagent.common.config import ModelConfig
-    from rlagent.common.model_sources import is_hf_folder
-    from rlagent.common.modeling import load_causal_lm, load_tokenizer
-
-    if os.path.isdir(spec) and is_hf_folder(spec):
-        return AutoModelForCausalLM.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
-    tokenizer = load_tokenizer(spec)
-    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=0)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
-
-
 def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
     """{env: row} for the model folders policies["sft"] and policies["ppo"] (and policies["zero_shot"] when given)
     on the same test episodes.
@@ -175,8 +157,9 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
     policy PPO actually optimises, so both are reported, each with its own Fisher-exact p-value (PPO vs SFT).
     """
     from rlagent.cli.evaluate import compare, evaluate_policy
+    from rlagent.rollout.policies import load_eval_model
 
-    loaded = {name: load_for_eval(path) for name, path in policies.items()}
+    loaded = {name: load_eval_model(path) for name, path in policies.items()}
     results = {}
     for env_id in env_ids:
         row = {}
