@@ -174,42 +174,18 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
 
 def print_table(results: dict, seconds: dict, title: str = "") -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    from rlagent.rollout.transcripts import wording_cell
+    from rlagent.rollout.transcripts import result_table
 
-    table = Table(title=f"rlagent quickstart{title}: held-out (test split) results")
-    columns = (
-        "environment",
-        "policy",
-        "decoding",
-        "success",
-        "95% CI",
-        "seen / unseen",
-        "turns",
-        "tool calls/ep",
-        "invalid calls",
-        "p",
-    )
-    for column in columns:
-        table.add_column(column)
+    lines = []
     for env_id, row in results.items():
         for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
             for name in [name for name in ("zero_shot", "sft", "ppo") if name + suffix in row]:
-                r = row[name + suffix]
-                lo, hi = r["success_ci95"]
-                table.add_row(
-                    env_id.removeprefix("rlagent/"),
-                    {"zero_shot": "zero-shot"}.get(name, name.upper()),
-                    decoding,
-                    f"{r['success_rate']:.1%}",
-                    f"[{lo:.1%}, {hi:.1%}]",
-                    wording_cell(r),
-                    f"{r['mean_turns']:.2f}",
-                    f"{r['tool_calls_per_episode']:.2f}",
-                    f"{r['invalid_tool_call_rate']:.1%}",
-                    f"{row['p_value' + suffix]:.2g}" if name == "ppo" else "",
-                )
+                shown = {"zero_shot": "zero-shot"}.get(name, name.upper())
+                p = f"{row['p_value' + suffix]:.2g}" if name == "ppo" else ""
+                lines.append(([env_id.removeprefix("rlagent/"), shown, decoding], row[name + suffix], [p]))
+    title = f"rlagent quickstart{title}: held-out (test split) results"
+    table = result_table(title, ("environment", "policy", "decoding"), ("p",), lines)
     Console(width=max(Console().width, 132)).print(table)  # a pipe or CI log must not squeeze the table
     print("p: two-sided Fisher exact test, PPO vs SFT on the same episodes")
     print("seen / unseen wording: success on test tasks phrased with training templates / with held-out templates")
