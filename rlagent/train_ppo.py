@@ -8,7 +8,12 @@ From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()]) 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
 were all dropped by scoring (missing end-of-turn with reward.missing_eos=mask, non-finite scores) skips 3-7 on every
-process. All math lives in rlagent/algorithms/ppo_core.py; the config sections in rlagent/training/ppo_config.py.
+process. Step 6, the PPO epochs and one minibatch update, follows the trainer in this file (`ppo_epochs` ->
+`ppo_minibatch_step` -> `minibatch_loss`); its optimizer step is the one SFT and the reward model use
+(rlagent/training/step.py). Every step calls pure functions: the math in rlagent/algorithms/ppo_core.py, the advantage
+estimator and policy loss picked by name from rlagent/algorithms/registry.py. Models and their forwards:
+rlagent/training/ppo_models.py; episode scores: rlagent/training/episode_scores.py; the config sections:
+rlagent/training/ppo_config.py.
 """
 
 from __future__ import annotations
