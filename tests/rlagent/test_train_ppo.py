@@ -222,7 +222,7 @@ def test_nan_reward_is_skipped_and_logged(tmp_path, small_sft):
     assert rows[-1]["step"] == 3
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_plus_plus"])
 def test_critic_free_estimators_run(tmp_path, small_sft, estimator):
     ppo(tmp_path, small_sft, "max_steps=2", "save_every=0", f"algo.estimator={estimator}", "algo.group_size=4")
     rows = read_metrics(tmp_path)
