@@ -128,10 +128,11 @@ def run_stages(out: str, size: dict, results: list) -> None:
 
 def held_out(out: str, episodes: int, results: list) -> None:
     from rlagent.cli.evaluate import evaluate_policy
-    from rlagent.cli.quickstart import ENV_IDS, load_for_eval
+    from rlagent.cli.quickstart import ENV_IDS
+    from rlagent.rollout.policies import load_eval_model
 
     for name, spec in (("zero_shot", MODEL), ("sft", f"{out}/sft/final"), ("ppo", f"{out}/ppo/final")):
-        model, tokenizer = load_for_eval(spec)
+        model, tokenizer = load_eval_model(spec)
         for env_id in ENV_IDS:
             reset_peak()
             r = evaluate_policy(model, tokenizer, env_id, episodes, seed=10_000, greedy=True)

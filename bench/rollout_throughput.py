@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlagent.rollout.engine import ModelPolicy, make_envs, run_episodes  # noqa: E402
+from rlagent.rollout.decoding import ModelPolicy  # noqa: E402
+from rlagent.rollout.engine import make_envs, run_episodes  # noqa: E402
 
 ENV_ID = "rlagent/Calculator-v0"
 

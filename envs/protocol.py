@@ -126,17 +126,55 @@ def check_step(result: Any, spec: str) -> None:
 
 
 def check_messages(messages: Any, spec: str, where: str) -> None:
-    """A list of chat messages in Hugging Face format: dicts with a known role and str (or None) content."""
-    if not isinstance(messages, list):
-        _fail(spec, f"{where} must be a list of messages, got {type(messages).__name__}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            _fail(spec, f"{where}[{index}] must be a dict with 'role' in {ROLES}, got {message!r:.120}")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            _fail(spec, f"{where}[{index}]['content'] must be a string, got {type(content).__name__}")
-        if content is None and not message.get("tool_calls"):
-            _fail(spec, f"{where}[{index}] has neither 'content' nor 'tool_calls'")
+    """A list of chat messages in Hugging Face format (`message_problem`); an empty list is allowed here."""
+    problem = message_problem(messages, where, allow_empty=True)
+    if problem:
+        _fail(spec, problem)
+
+
+def message_problem(messages: Any, field: str, allow_empty: bool = False) -> str | None:
+    """What is wrong with an HF-format chat list, naming `field` and the message (None when it is fine): dicts
+    with a known role, str (or null) content, content omitted only by a message that calls tools, tool calls
+    shaped as chat templates render them. The one message check of the project (environments and data files)."""
+    if not isinstance(messages, list) or (not messages and not allow_empty):
+        got = "an empty list" if messages == [] else json_type(messages)
+        return f"'{field}' must be a {'' if allow_empty else 'non-empty '}list of messages, got {got}"
+    for i, msg in enumerate(messages):
+        name = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            return f"'{name}' must be an object with 'role' and 'content', got {json_type(msg)}"
+        if msg.get("role") not in ROLES:
+            return f"'{name}.role' must be one of {sorted(ROLES)}, got {msg.get('role')!r}"
+        if msg.get("tool_calls"):
+            problem = _tool_calls_problem(msg, name)
+            if problem:
+                return problem
+        elif msg.get("content") is None:  # only a message that calls tools may omit its text
+            return f"'{name}' has no 'content'"
+        if not isinstance(msg.get("content", ""), str | type(None)):
+            return f"'{name}.content' must be a string, got {json_type(msg['content'])}"
+    return None
+
+
+def _tool_calls_problem(msg: dict, name: str) -> str | None:
+    """HF tool calls: a list of {"function": {"name": str, "arguments": object or JSON string}} (or the function
+    fields directly); chat templates render these fields, and a wrong shape would render as silent garbage."""
+    calls = msg["tool_calls"]
+    if msg["role"] != "assistant" or not isinstance(calls, list):
+        return f"'{name}.tool_calls' must be a list, on an assistant message"
+    for j, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return f"'{name}.tool_calls[{j}]' must be an object with function.name"
+        if not isinstance(function.get("arguments", {}), dict | str):
+            return f"'{name}.tool_calls[{j}]' arguments must be an object or a JSON string"
+    return None
+
+
+def json_type(value: Any) -> str:
+    """JSON's name for a parsed value's type (users wrote JSON, not Python)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _check_tools(tools: Any, spec: str) -> None:

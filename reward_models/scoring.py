@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlagent.common.chat import encode_many
+from rlagent.common.data import right_pad
 
 NORMALIZATION_FILE = "reward_normalization.json"
 
@@ -53,17 +54,6 @@ def _reward_text(tokenizer, messages: list[dict], tools=None) -> str:
     if messages and messages[-1].get("role") == "assistant" and eos and eos in text:
         text = text[: text.rindex(eos) + len(eos)]
     return text
-
-
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T). Right padding keeps position ids 0..n-1 for every row."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-    return input_ids, attention_mask
 
 
 def forward_scores(model, rows: list[list[int]], pad_id: int, device) -> torch.Tensor:

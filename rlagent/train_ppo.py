@@ -8,7 +8,12 @@ From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()]) 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
 were all dropped by scoring (missing end-of-turn with reward.missing_eos=mask, non-finite scores) skips 3-7 on every
-process. All math lives in rlagent/algorithms/ppo_core.py; the config sections in rlagent/training/ppo_config.py.
+process. Step 6, the PPO epochs and one minibatch update, follows the trainer in this file (`ppo_epochs` ->
+`ppo_minibatch_step` -> `minibatch_loss`); its optimizer step is the one SFT and the reward model use
+(rlagent/training/step.py). Every step calls pure functions: the math in rlagent/algorithms/ppo_core.py, the advantage
+estimator and policy loss picked by name from rlagent/algorithms/registry.py. Models and their forwards:
+rlagent/training/ppo_models.py; episode scores: rlagent/training/episode_scores.py; the config sections:
+rlagent/training/ppo_config.py.
 """
 
 from __future__ import annotations
@@ -23,40 +28,22 @@ from dataclasses import dataclass
 import torch
 from trl.models.utils import unwrap_model_for_generation
 
-from reward_models.combine import combine_rewards
-from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
+from reward_models.functions import RewardFunctionError, load_reward_functions
 from rlagent.algorithms import ppo_core as core
+from rlagent.algorithms.registry import AdvantageEstimator, AdvantageInputs, get_adv_estimator, get_policy_loss
 from rlagent.common.config import ConfigError, parse_args, run_main, save_config
 from rlagent.common.modeling import count_parameters, load_tokenizer
-from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
-from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
-from rlagent.training.checkpoints import (
-    load_checkpoint,
-    load_optimizer_state,
-    optimizer_state,
-    resolve_resume,
-    save_checkpoint,
-    save_final,
-)
+from rlagent.rollout.decoding import ModelPolicy
+from rlagent.rollout.engine import Trajectory, run_episodes
+from rlagent.rollout.schedule import Curriculum, build_training_envs, episode_seeds
+from rlagent.rollout.transcripts import sample_rows
+from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
+from rlagent.training.episode_scores import score_episodes
 from rlagent.training.guards import StepGuard
-from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)
-    AlgoConfig,
-    CurriculumConfig,
-    EnvConfig,
-    PPOConfig,
-    RolloutConfig,
-    ScoreConfig,
-    ValueConfig,
-)
-from rlagent.training.ppo_models import (
-    batched,
-    forward_policy,
-    forward_value,
-    load_models,
-    ppo_epochs,
-    reference_context,
-)
+from rlagent.training.ppo_config import AlgoConfig, PPOConfig  # PPOConfig: users import it from here (README)
+from rlagent.training.ppo_models import batched, forward_policy, forward_value, load_models, reference_context
 from rlagent.training.setup import build_optimizer, check_batch_shape, make_accelerator, set_seed
+from rlagent.training.step import optimizer_step, restore_training_state, training_state
 from rlagent.training.tracking import Progress, Tracker
 
 # TRL's unwrap_model_for_generation reads a transformers attribute deprecated in v5; the warning is not the user's.
@@ -64,100 +51,16 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 2 and 5: scores and advantages
+# 5: advantages from the registered estimator
 
 
-def score_episodes(
-    reward: ScoreConfig,
-    traj: Trajectory,
-    reward_model,
-    tokenizer,
-    inject_nan: bool = False,
-    reward_functions: list | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(scores, policy_mask, stats): episode scores and the mask the update trains on; `traj` is left unchanged.
-
-    Score = env_weight x env reward + rm_weight x normalised RM score + each reward function's weight x value
-    (reward_models.combine_rewards; `reward_functions` from reward_models.functions.load_reward_functions), then
-    the missing-EOS rule. An episode that leaves the loss — missing end-of-turn with missing_eos='mask'
-    (DAPO-style), a reward function that failed on it, or any other non-finite score, which would poison
-    whitening and the loss — gets score 0 and an all-zero mask row.
-    Shape: scores (B,), policy_mask (B, T) like traj.policy_mask.
-    """
-    rm_score, stats = None, {}
-    if reward_model is not None:
-        rm_score = reward_model.score_policy_ids(traj.input_ids, traj.attention_mask, tokenizer).float().cpu()
-        stats["objective/rm_score"] = rm_score.mean().item()
-    rm_weight = reward.rm_weight if rm_score is not None else 0.0  # no reward model loaded: environment only
-    functions = function_scores(reward_functions or [], traj, stats)
-    scores = combine_rewards(traj.env_reward, rm_score, reward.env_weight, rm_weight, functions)
-    dropped = torch.zeros(len(scores), dtype=torch.bool)
-    if reward.missing_eos == "penalty":
-        scores = scores - reward.missing_eos_penalty * traj.missing_eos
-    elif reward.missing_eos == "mask":
-        dropped = traj.missing_eos.bool()
-    if inject_nan:
-        scores[0] = float("nan")
-    nonfinite = ~torch.isfinite(scores)
-    stats["objective/nonfinite_scores"] = int(nonfinite.sum())
-    dropped = dropped | nonfinite
-    policy_mask = traj.policy_mask.masked_fill(dropped[:, None], 0)
-    return torch.where(dropped, torch.zeros_like(scores), scores), policy_mask, stats
-
-
-def function_scores(reward_functions: list, traj: Trajectory, stats: dict) -> dict:
-    """Run the user's reward functions; log reward/<name> (mean over the episodes it scored) and
-    reward/function_errors (episodes at least one function failed on); failures are reported on stderr."""
-    if not reward_functions:
-        return {}
-    functions, errors = call_reward_functions(reward_functions, traj)
-    failed = torch.zeros(len(traj), dtype=torch.bool)
-    for name, (values, _) in functions.items():
-        ok = torch.isfinite(values)
-        failed |= ~ok
-        stats[f"reward/{name}"] = values[ok].mean().item() if bool(ok.any()) else float("nan")
-    stats["reward/function_errors"] = int(failed.sum())
-    if errors:  # the first failure says what went wrong; the count says how often
-        print(f"rlagent ppo: warning: {errors[0]} ({len(errors)} failure(s) in this batch; those episodes are "
-              "dropped from the update)", file=sys.stderr, flush=True)  # fmt: skip
-    return functions
-
-
-def build_training_envs(env: EnvConfig, per_env: int, wrapper_seed: int) -> list:
-    """per_env environments of each id; a bad spec, a protocol gap or a bad wrapper spec is a ConfigError naming
-    the key.
-
-    Wrapper hits are drawn per (wrapper_seed, reset seed): processes differ, a resumed run repeats its draws.
-    """
-    from envs.wrappers import parse_wrappers
-
-    try:
-        parse_wrappers(env.wrappers)
-    except ValueError as err:
-        raise ConfigError(f"env.wrappers: {err}") from None
-    try:
-        return [e for env_id in env.ids for e in make_envs(env_id, per_env, env.split, env.wrappers, wrapper_seed)]
-    except ConfigError as err:
-        raise ConfigError(f"env.ids: {err}") from None
-
-
-def advantages_for(algo: AlgoConfig, rewards, non_score, values, policy_mask, scores, group_ids):
-    """(advantages, returns) on policy tokens: GAE with the critic, or group-relative outcome advantages."""
-    if algo.estimator == "gae":
-        adv, returns = core.gae(rewards, values, policy_mask, algo.gamma, algo.lam)
-    else:
-        # Critic-free: the outcome advantage of the episode on every policy token, minus the KL still to come.
-        outcome = (
-            core.grpo_advantages(scores, group_ids)
-            if algo.estimator == "grpo"
-            else core.rloo_advantages(scores, group_ids)
-        )
-        kl_to_go = core.gae(non_score, torch.zeros_like(non_score), policy_mask, 1.0, 1.0)[0]
-        adv = core.broadcast_to_tokens(outcome, policy_mask) + kl_to_go
-        returns = adv
+def advantages_for(algo: AlgoConfig, estimator: AdvantageEstimator, inputs: AdvantageInputs):
+    """(advantages, returns) on policy tokens from the registered estimator (rlagent/algorithms/registry.py), then
+    whitening once per batch unless the estimator normalised them itself."""
+    adv, returns = estimator.fn(inputs, algo.gamma, algo.lam)
     # Whitening is per process; a process whose episodes were all dropped has nothing to whiten (all zeros).
-    if algo.whiten_advantages and bool(policy_mask.any()):
-        adv = core.masked_whiten(adv, policy_mask, shift_mean=True) * policy_mask
+    if algo.whiten_advantages and not estimator.self_normalised and bool(inputs.policy_mask.any()):
+        adv = core.masked_whiten(adv, inputs.policy_mask, shift_mean=True) * inputs.policy_mask
     return adv, returns
 
 
@@ -167,7 +70,7 @@ def advantages_for(algo: AlgoConfig, rewards, non_score, values, policy_mask, sc
 def check_shapes(cfg: PPOConfig, world: int) -> int:
     """Episodes per rank; every divisibility rule checked up front with a message naming the fields (the
     micro-batch is derived from optim.batch_size and the process count, see check_batch_shape)."""
-    group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
+    group = cfg.algo.group_size if get_adv_estimator(cfg.algo.estimator).needs_groups else 1
     unit = world * len(cfg.env.ids) * group
     if cfg.env.episodes % unit:
         raise ConfigError(
@@ -246,7 +149,8 @@ class PPOTrainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         set_seed(cfg.seed, self.rank)
         self.per_rank = check_shapes(cfg, self.world)
-        self.group = cfg.algo.group_size if cfg.algo.estimator != "gae" else 1
+        self.estimator = get_adv_estimator(cfg.algo.estimator)  # its traits: critic? groups? (registry.py)
+        self.group = cfg.algo.group_size if self.estimator.needs_groups else 1
         try:  # before the models: a bad spec should cost a second, not a model load
             self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.function_weights)
         except RewardFunctionError as err:
@@ -276,7 +180,7 @@ class PPOTrainer:
     def _build_models(self) -> None:
         """Policy, value, reference, reward model; one optimizer (two param groups); accelerate placement."""
         cfg, accelerator = self.cfg, self.accelerator
-        policy, reference, value, self.reward_model = load_models(cfg, self.tokenizer)
+        policy, reference, value, self.reward_model = load_models(cfg, self.tokenizer, self.estimator.needs_critic)
         params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
         if value is not None:
             params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
@@ -302,16 +206,15 @@ class PPOTrainer:
         """Resume: weights, optimiser, schedule, KL controller, curriculum, shuffle RNG, iteration, skip streak."""
         models = {name: self.accelerator.unwrap_model(model) for name, model in self._models().items()}
         state = load_checkpoint(path, models, self.rank)
-        load_optimizer_state(self.accelerator, self.optimizer, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.curriculum.load_state_dict(state["curriculum"])
-        shuffle = state["shuffle"]
+        self.start, self.last_metrics, loop = restore_training_state(
+            self.accelerator, state, self.optimizer, self.scheduler
+        )
+        self.kl_ctl.load_state_dict(loop["kl_ctl"])
+        self.curriculum.load_state_dict(loop["curriculum"])
+        shuffle = loop["shuffle"]
         self.shuffle.set_state(shuffle[self.rank] if self.rank < len(shuffle) else shuffle[0])
-        self.start = state["step"]
-        self.skipped_in_a_row = state.get("skipped_in_a_row", 0)  # absent in checkpoints older than the field
-        self.guard.updates = state.get("updates", self.start)  # older checkpoints: any saved iteration updated
-        self.last_metrics = state.get("metrics", {})
+        self.skipped_in_a_row = loop["skipped_in_a_row"]
+        self.guard.updates = loop.get("updates", self.start)
 
     def train(self) -> dict:
         """Run the remaining iterations, save final/, write summary.json; returns the summary."""
@@ -446,9 +349,8 @@ class PPOTrainer:
     # 5. Advantages (GAE skips environment tokens) and returns; whitening once per batch.
     def advantages(self, it: Iteration) -> None:
         group_ids = (torch.arange(self.per_rank) // self.group).to(self.accelerator.device)
-        it.advantages, it.returns = advantages_for(
-            self.cfg.algo, it.rewards, it.non_score, it.old_values, it.policy_mask, it.scores, group_ids
-        )
+        inputs = AdvantageInputs(it.rewards, it.non_score, it.old_values, it.policy_mask, it.scores, group_ids)
+        it.advantages, it.returns = advantages_for(self.cfg.algo, self.estimator, inputs)
 
     # 6. PPO epochs over reshuffled minibatches (critic-only during value warm-up).
     def ppo_update(self, it: Iteration) -> None:
@@ -513,7 +415,7 @@ class PPOTrainer:
         out["env/render_mismatch"] = self._mean(torch.tensor(traj.render_mismatch, dtype=torch.float32))
         out["response_length"] = self._mean(mask.sum(1))
         out["eos_rate"] = self._mean(1.0 - traj.missing_eos)
-        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["train/lr"] = self.scheduler.get_last_lr()[0]
         out["timing/rollout_s"], out["timing/train_s"] = it.t_rollout, it.t_train
         out["perf/tokens_per_s"] = traj.generated_tokens / max(it.t_rollout, 1e-9)
         out.update({**it.score_stats, **it.update, **self.curriculum.metrics()})
@@ -535,18 +437,129 @@ class PPOTrainer:
             return
         if self.guard.updates == 0:  # nothing learned yet: a checkpoint would only save the start model again
             return
-        state = {
-            "optimizer": optimizer_state(self.accelerator, self.optimizer),
-            "scheduler": self.scheduler.state_dict(),
+        loop = {
             "kl_ctl": self.kl_ctl.state_dict(),
             "curriculum": self.curriculum.state_dict(),
-            "step": done,
             "shuffle": gather_generator_states(self.accelerator, self.shuffle),
             "skipped_in_a_row": self.skipped_in_a_row,
             "updates": self.guard.updates,
-            "metrics": self.last_metrics,
         }
+        state = training_state(self.accelerator, self.optimizer, self.scheduler, done, self.last_metrics, loop)
         save_checkpoint(self.accelerator, cfg.output_dir, done, self._models(), state, cfg.keep_checkpoints)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6 in detail: the PPO epochs over a rollout batch, and one minibatch update (one optimizer step)
+
+
+def ppo_epochs(
+    cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator, guard=None
+) -> dict:
+    """`algo.ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl.
+    `guard` (a StepGuard) sees every optimizer step: non-finite weights or too many skipped steps stop the run."""
+    n_local = batch["input_ids"].shape[0]
+    per_rank = cfg.optim.batch_size // accelerator.num_processes
+    all_stats, stopped = [], False
+    for _ in range(cfg.algo.ppo_epochs):
+        order = torch.randperm(n_local, generator=generator).tolist()
+        for start in range(0, n_local - per_rank + 1, per_rank):
+            stats = ppo_minibatch_step(
+                cfg, accelerator, policy, value, optimizer, batch, order[start : start + per_rank], train_policy
+            )
+            if stats is None:  # no policy token on any rank: nothing to step (the caller made sure some exist)
+                continue
+            if guard is not None:
+                models = {"policy": policy} if value is None else {"policy": policy, "value": value}
+                guard.after_step(not stats["train/skipped_steps"], models, guard.updates + guard.skipped_in_a_row + 1)
+            stats = {
+                k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
+                for k, v in stats.items()
+            }
+            all_stats.append(stats)
+            limit = cfg.algo.target_approx_kl
+            if limit is not None and stats.get("policy/approx_kl", 0.0) > 1.5 * limit:
+                stopped = True
+                break
+        if stopped:
+            break
+    out = {k: sum(s[k] for s in all_stats) / len(all_stats) for k in all_stats[0]}
+    out["train/skipped_steps"] = sum(s["train/skipped_steps"] for s in all_stats)
+    out["policy/early_stopped"] = float(stopped)
+    out["policy/minibatch_updates"] = float(len(all_stats))
+    return out
+
+
+def ppo_minibatch_step(
+    cfg, accelerator, policy, value, optimizer, batch: dict, idx: list[int], train_policy: bool
+) -> dict | None:
+    """Losses of this rank's minibatch `idx`, micro-batch by micro-batch, then one optimizer step (the same
+    rlagent.training.step.optimizer_step as SFT/RM: no gradient sync before the last micro-batch, clipping, a
+    non-finite norm skips the step). Returns detached stats.
+
+    The loss is a token mean over the GLOBAL minibatch: sum over this rank's tokens divided by the all-reduced
+    policy-token count (docs/ppo.md G.27); a rank with no token of its own still runs its passes and contributes zero
+    gradient. Returns None, on every rank alike, when the global minibatch has no policy token.
+    """
+    local_tokens = batch["policy_mask"][idx].sum().to(accelerator.device)
+    normaliser = float(accelerator.reduce(local_tokens, reduction="sum"))
+    if normaliser == 0:
+        return None
+    micro = cfg.optim.micro_batch_size
+    micro_batches = [idx[start : start + micro] for start in range(0, len(idx), micro)]
+    stats: dict[str, float] = {}
+
+    def loss_of(rows: list[int]) -> torch.Tensor:
+        mb = {k: v[rows].to(accelerator.device) for k, v in batch.items()}
+        loss, mb_stats = minibatch_loss(cfg, policy, value, mb, normaliser, train_policy)
+        # Stats report this rank's token means: losses are sums / global normaliser, stats are micro-batch means.
+        to_local_mean = normaliser / max(float(local_tokens), 1.0)
+        token_share = float(mb["policy_mask"].sum()) / max(float(local_tokens), 1.0)
+        sums, means = mb_stats
+        if "val/loss" in sums:
+            _accumulate(stats, {"val/loss": sums.pop("val/loss") * to_local_mean}, 1.0)
+        _accumulate(stats, {k: v * to_local_mean for k, v in sums.items()}, 1.0)
+        _accumulate(stats, means, token_share)
+        return loss
+
+    models = [policy] if value is None else [policy, value]
+    step_stats, norms = optimizer_step(accelerator, models, optimizer, micro_batches, loss_of, cfg.optim.max_grad_norm)
+    if value is not None:
+        stats["val/grad_norm"] = norms[1]
+    return {**stats, **step_stats}
+
+
+def minibatch_loss(cfg, policy, value, mb: dict, normaliser: float, train_policy: bool):
+    """(loss, (sums, means)) of one micro-batch: the registered policy loss (algo.policy_loss) minus the entropy bonus,
+    plus the clipped value loss when there is a critic. `sums` are losses / normaliser; `means` micro-batch means."""
+    algo, mask = cfg.algo, mb["policy_mask"]
+    logp, entropy = forward_policy(
+        policy, mb["input_ids"], mb["attention_mask"], cfg.rollout.temperature, mask, cfg.model.selective_head
+    )
+    pg_loss, pg_stats = get_policy_loss(algo.policy_loss).fn(
+        logp, mb["old_logprobs"], mb["advantages"], mask, algo.clip_eps, algo.dual_clip, normaliser
+    )
+    ent = (entropy * mask).sum() / normaliser
+    loss = (pg_loss - algo.ent_coef * ent) if train_policy else 0.0 * pg_loss
+    sums, means = {}, {f"policy/{k}": v for k, v in pg_stats.items()}
+    if value is not None:
+        values = forward_value(value, mb["input_ids"], mb["attention_mask"])
+        vf_loss, vf_stats = core.value_loss(
+            values, mb["old_values"], mb["returns"], mask, algo.value_clip_eps, normaliser
+        )
+        loss = loss + algo.vf_coef * vf_loss
+        sums["val/loss"] = vf_loss
+        means.update({f"val/{k}": v for k, v in vf_stats.items()})
+    sums.update({"policy/loss": pg_loss, "objective/entropy": ent})
+    return loss, (sums, means)
+
+
+def _accumulate(stats: dict, new: dict, weight: float) -> None:
+    for key, value in new.items():
+        value = float(value.detach()) if torch.is_tensor(value) else float(value)
+        if key.endswith("_max"):
+            stats[key] = max(stats.get(key, value), value)
+        else:
+            stats[key] = stats.get(key, 0.0) + value * weight
 
 
 def main(argv: list[str] | None = None, callbacks: list[Callback] | tuple = ()) -> dict:

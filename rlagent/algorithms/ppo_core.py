@@ -289,6 +289,24 @@ def rloo_advantages(scores: torch.Tensor, group_ids: torch.Tensor) -> torch.Tens
     return scores - (total - scores) / (size - 1)
 
 
+@torch.no_grad()
+def reinforce_plus_plus(
+    rewards: torch.Tensor, policy_mask: torch.Tensor, gamma: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025; OpenRLHF `get_cumulative_returns`, verl `compute_reinforce_plus_plus_outcome_advantage`).
+
+    returns[t] = sum over the policy tokens t' >= t of gamma^(number of policy tokens between t and t') * rewards[t'],
+    with the token-level KL already inside `rewards` (token_rewards); environment tokens are skipped like in `gae`
+    (not a step, not discounted). advantages = the returns whitened over ALL policy tokens of the batch (the global
+    batch normalisation that replaces the critic). A batch with no policy token gets zeros.
+    No gradient. Shape: (B, T), (B, T) -> (advantages (B, T), returns (B, T)), both 0 off the mask.
+    """
+    returns = gae(rewards, torch.zeros_like(rewards), policy_mask, gamma, 1.0)[0]  # values 0, lam 1: discounted sum
+    if not bool(policy_mask.bool().any()):
+        return torch.zeros_like(returns), returns
+    return masked_whiten(returns, policy_mask, shift_mean=True), returns
+
+
 def broadcast_to_tokens(advantages: torch.Tensor, policy_mask: torch.Tensor) -> torch.Tensor:
     """Episode-level advantage on every policy token, 0 elsewhere. Shape: (B,), (B, T) -> (B, T)."""
     expanded = advantages[:, None].expand(policy_mask.shape)

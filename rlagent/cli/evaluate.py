@@ -46,7 +46,7 @@ from rlagent.common.config import AT_LEAST_ONE, arg_type
 from rlagent.rollout.decoding import ModelPolicy
 from rlagent.rollout.engine import play
 from rlagent.rollout.policies import add_policy_arguments, load_policy
-from rlagent.rollout.transcripts import console, episode_records, summarize, wording_cell
+from rlagent.rollout.transcripts import console, episode_records, result_table, summarize
 
 FISHER_TEST = "Fisher exact test, two-sided (scipy.stats.fisher_exact) on successes/failures x policy"
 MCNEMAR_TEST = "exact McNemar test, two-sided, on the episodes only one of the two policies solved (same seeds)"
@@ -231,45 +231,16 @@ def compare_blocks(args: argparse.Namespace) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.table import Table
-
-    table = Table(title="rlagent eval (test split)")
-    for column in (
-        "env",
-        "policy",
-        "success",
-        "95% CI",
-        "seen / unseen",
-        "reward",
-        "turns",
-        "tool calls/ep",
-        "invalid-call rate",
-        "diff vs first",
-        "p Fisher",
-        "p McNemar",
-    ):
-        table.add_column(column)
+    lines = []
     for r in rows:
-        lo, hi = r["success_ci95"]
         diff, p = (f"{r['difference']:+.1%}", f"{r['p_value']:.3g}") if "p_value" in r else ("", "")
         p_mcnemar = (
             f"{r['p_value_mcnemar']:.3g} ({r['discordant'][0]}:{r['discordant'][1]})" if "discordant" in r else ""
         )
-        table.add_row(
-            r["env"] + (f" + {r['wrapper']}" if r.get("wrapper") else ""),
-            str(r["policy"]),
-            f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
-            f"[{lo:.1%}, {hi:.1%}]",
-            wording_cell(r),
-            f"{r['mean_reward']:+.3f}",
-            f"{r['mean_turns']:.2f}",
-            f"{r['tool_calls_per_episode']:.2f}",
-            f"{r['invalid_tool_call_rate']:.1%}",
-            diff,
-            p,
-            p_mcnemar,
-        )
-    console().print(table)
+        env = r["env"] + (f" + {r['wrapper']}" if r.get("wrapper") else "")
+        lines.append(([env, str(r["policy"])], r, [f"{r['mean_reward']:+.3f}", diff, p, p_mcnemar]))
+    tail = ("reward", "diff vs first", "p Fisher", "p McNemar")
+    console().print(result_table("rlagent eval (test split)", ("env", "policy"), tail, lines))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -193,24 +193,6 @@ def ppo_env_ids(args: argparse.Namespace) -> list[str]:
         return list(yaml.safe_load(handle)["env"]["ids"])
 
 
-def load_for_eval(spec: str):
-    """(model, tokenizer) of a stage output or a model spec. Plain HF folders (the tiny pipeline's) load as they
-    always have; anything else (a LoRA adapter folder, a short name, a .gguf) through rlagent.common.modeling, which
-    merges adapters and applies the tokenizer fix-ups the stages trained with."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlagent.common.config import ModelConfig
-    from rlagent.common.model_sources import is_hf_folder
-    from rlagent.common.modeling import load_causal_lm, load_tokenizer
-
-    if os.path.isdir(spec) and is_hf_folder(spec):
-        return AutoModelForCausalLM.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
-    tokenizer = load_tokenizer(spec)
-    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=0)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
-
-
 def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
     """{env: row} for the model folders policies["sft"] and policies["ppo"] (and "zero_shot", "sft_control" when
     given) on the same test episodes.
@@ -221,8 +203,9 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
     (rlagent.cli.evaluate.compare) inside it; with a control, "ppo_vs_control" compares PPO with it.
     """
     from rlagent.cli.evaluate import compare, evaluate_policy
+    from rlagent.rollout.policies import load_eval_model
 
-    loaded = {name: load_for_eval(path) for name, path in policies.items()}
+    loaded = {name: load_eval_model(path) for name, path in policies.items()}
     results = {}
     for env_id in env_ids:
         row = {}
@@ -243,18 +226,18 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
 
 def print_table(results: dict, seconds: dict, title: str = "") -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"rlagent quickstart{title}: held-out (test split) results")
-    columns = ("environment", "policy", "decoding", "success", "95% CI", "seen / unseen", "turns", "tool calls/ep",
-               "invalid calls", "p vs SFT (Fisher)", "p vs SFT (McNemar, a:b)")  # fmt: skip
-    for column in columns:
-        table.add_column(column)
+    from rlagent.rollout.transcripts import result_table
+
+    lines = []
     for env_id, row in results.items():
         for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
             for name in [name for name in POLICY_ORDER if name + suffix in row]:
-                table.add_row(env_id.removeprefix("rlagent/"), POLICY_LABELS[name], decoding,
-                              *result_cells(row[name + suffix]))  # fmt: skip
+                lead = [env_id.removeprefix("rlagent/"), POLICY_LABELS[name], decoding]
+                lines.append((lead, row[name + suffix], p_cells(row[name + suffix])))
+    title = f"rlagent quickstart{title}: held-out (test split) results"
+    tail = ("p vs SFT (Fisher)", "p (McNemar, a:b)")
+    table = result_table(title, ("environment", "policy", "decoding"), tail, lines)
     Console(width=max(Console().width, 160)).print(table)  # a pipe or CI log must not squeeze the table
     print("p: two-sided tests against the SFT row on the same episodes: Fisher exact (unpaired) and exact McNemar")
     print("   (paired; a:b = episodes only SFT solved : episodes only this policy solved)")
@@ -269,22 +252,11 @@ def print_table(results: dict, seconds: dict, title: str = "") -> None:
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
 
 
-def result_cells(r: dict) -> list[str]:
-    """One policy's table cells after the environment, policy and decoding columns."""
-    from rlagent.rollout.transcripts import wording_cell
-
-    lo, hi = r["success_ci95"]
-    compared = "p_value_mcnemar" in r
-    return [
-        f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})",
-        f"[{lo:.1%}, {hi:.1%}]",
-        wording_cell(r),
-        f"{r['mean_turns']:.2f}",
-        f"{r['tool_calls_per_episode']:.2f}",
-        f"{r['invalid_tool_call_rate']:.1%}",
-        f"{r['p_value']:.2g}" if compared else "",
-        f"{r['p_value_mcnemar']:.2g} ({r['discordant'][0]}:{r['discordant'][1]})" if compared else "",
-    ]
+def p_cells(r: dict) -> list[str]:
+    """The p-value cells of one policy's row (empty for the SFT row itself)."""
+    if "p_value_mcnemar" not in r:
+        return ["", ""]
+    return [f"{r['p_value']:.2g}", f"{r['p_value_mcnemar']:.2g} ({r['discordant'][0]}:{r['discordant'][1]})"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,14 +22,13 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from envs.protocol import json_type, message_problem
 from rlagent.common.chat_templates import ChatTemplateError, assistant_token_mask
-
-ROLES = {"system", "user", "assistant", "tool"}
 
 
 class DataError(ValueError):
@@ -109,14 +108,8 @@ def parse_json_line(text: str, where: str) -> dict:
     except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
         raise DataError(f"{where}: unreadable JSON value ({str(err).split(';')[0]})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+        raise DataError(f"{where}: expected a JSON object, got {json_type(obj)}")
     return obj
-
-
-def _json_type(value) -> str:
-    """JSON's name for a parsed value's type (users wrote JSON, not Python)."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
@@ -126,36 +119,10 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 
 def check_messages(messages, where: str, field: str = "messages") -> None:
-    """Validate an HF-format chat list; errors name the place and the field."""
-    if not isinstance(messages, list) or not messages:
-        got = "an empty list" if messages == [] else _json_type(messages)
-        raise DataError(f"{where}: '{field}' must be a non-empty list of messages, got {got}")
-    for i, msg in enumerate(messages):
-        name = f"{field}[{i}]"
-        if not isinstance(msg, dict):
-            raise DataError(f"{where}: '{name}' must be an object with 'role' and 'content', got {_json_type(msg)}")
-        if msg.get("role") not in ROLES:
-            raise DataError(f"{where}: '{name}.role' must be one of {sorted(ROLES)}, got {msg.get('role')!r}")
-        if msg.get("tool_calls"):
-            _check_tool_calls(msg, where, name)
-        elif "content" not in msg:  # only a message that calls tools may omit its text
-            raise DataError(f"{where}: '{name}' has no 'content'")
-        if not isinstance(msg.get("content", ""), str | type(None)):
-            raise DataError(f"{where}: '{name}.content' must be a string, got {_json_type(msg['content'])}")
-
-
-def _check_tool_calls(msg: dict, where: str, name: str) -> None:
-    """HF tool calls: a list of {"function": {"name": str, "arguments": object or JSON string}} (or the function
-    fields directly); chat templates render these fields, and a wrong shape would render as silent garbage."""
-    calls = msg["tool_calls"]
-    if msg["role"] != "assistant" or not isinstance(calls, list):
-        raise DataError(f"{where}: '{name}.tool_calls' must be a list, on an assistant message")
-    for j, call in enumerate(calls):
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise DataError(f"{where}: '{name}.tool_calls[{j}]' must be an object with function.name")
-        if not isinstance(function.get("arguments", {}), dict | str):
-            raise DataError(f"{where}: '{name}.tool_calls[{j}]' arguments must be an object or a JSON string")
+    """Validate a non-empty HF-format chat list (envs.protocol.message_problem); errors name the place and field."""
+    problem = message_problem(messages, field)
+    if problem:
+        raise DataError(f"{where}: {problem}")
 
 
 def check_tools(tools, where: str) -> list[dict] | None:
@@ -164,7 +131,7 @@ def check_tools(tools, where: str) -> list[dict] | None:
     if tools is None or tools == []:
         return None
     if not isinstance(tools, list):
-        raise DataError(f"{where}: 'tools' must be a list of JSON schemas, got {_json_type(tools)}")
+        raise DataError(f"{where}: 'tools' must be a list of JSON schemas, got {json_type(tools)}")
     for i, tool in enumerate(tools):
         function = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -204,7 +171,7 @@ def _json_array_rows(path: str) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}: not a readable JSON array ({str(err)[:120]})") from None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{path}[{i}]: expected a JSON object, got {_json_type(row)}")
+            raise DataError(f"{path}[{i}]: expected a JSON object, got {json_type(row)}")
         yield f"{path}[{i}]", row
 
 
@@ -375,16 +342,22 @@ def tokenized_dataset(rows: Iterable[dict], tokenizer, max_length: int, cache_di
     return TokenizedDataset(table)
 
 
+def right_pad(rows: Sequence[Sequence], pad_value, dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, ...]:
+    """(padded, attention_mask), both (B, T) with T the longest row: every batch of rows in the project (SFT
+    micro-batches, reward-model inputs, rollout trajectories and their masks) is right-padded by this one function.
+    Right padding keeps position ids 0..n-1 for every row (docs/ppo.md A.2)."""
+    width = max(len(row) for row in rows)
+    padded = torch.full((len(rows), width), pad_value, dtype=dtype)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = torch.tensor(row, dtype=dtype)
+        attention_mask[i, : len(row)] = 1
+    return padded, attention_mask
+
+
 def collate_right_padded(rows: list[TokenizedConversation], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; labels are -100 wherever the assistant mask is 0 (prompt, tool output, padding)."""
-    width = max(len(r.input_ids) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row.input_ids)
-        input_ids[i, :n] = torch.tensor(row.input_ids)
-        attention[i, :n] = 1
-        mask = torch.tensor(row.assistant_mask, dtype=torch.bool)
-        labels[i, :n] = torch.where(mask, input_ids[i, :n], torch.full_like(input_ids[i, :n], -100))
+    input_ids, attention = right_pad([row.input_ids for row in rows], pad_id)
+    assistant, _ = right_pad([row.assistant_mask for row in rows], False, torch.bool)
+    labels = torch.where(assistant, input_ids, torch.full_like(input_ids, -100))
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

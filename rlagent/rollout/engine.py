@@ -8,8 +8,7 @@ environment's reply is rendered through the chat template (rlagent.common.chat) 
     envs = make_envs("rlagent/Calculator-v0", 32, split="test")
     traj = run_episodes(ModelPolicy(model, tokenizer, greedy=True), envs, seeds=list(range(32)), tokenizer=tokenizer)
 
-The policies and chat helpers are re-exported here, so `from rlagent.rollout.engine import ModelPolicy, TextPolicy,
-encode` keeps working; the project's own code imports them from their modules.
+Policies live in rlagent.rollout.decoding (ModelPolicy) and rlagent.rollout.policies (TextPolicy).
 """
 
 from __future__ import annotations
@@ -20,34 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlagent.common.chat import cut_at_eos, encode, encode_many, render_env_reply, render_mismatches
-from rlagent.rollout.decoding import (
-    NEUTRAL_SAMPLING,
-    ModelPolicy,
-    PreallocatedCacheLayer,
-    sample_categorical,
-    supports_cache_reuse,
-)
-from rlagent.rollout.policies import TextPolicy
-
-__all__ = [
-    "NEUTRAL_SAMPLING",
-    "ModelPolicy",
-    "PreallocatedCacheLayer",
-    "TextPolicy",
-    "Trajectory",
-    "cut_at_eos",
-    "encode",
-    "encode_many",
-    "make_envs",
-    "play",
-    "render_env_reply",
-    "render_mismatches",
-    "run_episodes",
-    "sample_categorical",
-    "supports_cache_reuse",
-    "truncation_penalty",
-]
+from rlagent.common.chat import encode_many, render_env_reply, render_mismatches
+from rlagent.common.data import right_pad
 
 
 @dataclass
@@ -221,16 +194,8 @@ def run_episodes(policy, envs: list, seeds: list[int], tokenizer, options: list[
 
 
 def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], generated: int, seconds: float):
-    width = max(len(ep.tokens) for ep in episodes)
-    n = len(episodes)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, width), dtype=torch.long)
-    policy_mask = torch.zeros((n, width), dtype=torch.float32)
-    for i, ep in enumerate(episodes):
-        length = len(ep.tokens)
-        input_ids[i, :length] = torch.tensor(ep.tokens)
-        attention[i, :length] = 1
-        policy_mask[i, :length] = torch.tensor(ep.policy_mask, dtype=torch.float32)
+    input_ids, attention = right_pad([ep.tokens for ep in episodes], pad_id)
+    policy_mask, _ = right_pad([ep.policy_mask for ep in episodes], 0.0, torch.float32)
 
     def per_episode(attr):
         return torch.tensor([float(getattr(ep, attr)) for ep in episodes])

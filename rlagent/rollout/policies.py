@@ -119,9 +119,16 @@ def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
         tokenizer = load_tokenizer(args.tokenizer or "tiny", "--tokenizer")
         make = scripted_actor(args.noise) if spec == "scripted" else random_actor
         return TextPolicy(make, tokenizer, per_episode=True), tokenizer
-    logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
-    tokenizer = load_tokenizer(spec, "--policy")  # a real model's tokenizer is fixed up as in training
-    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=args.seed)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_eval_model(spec, args.seed)
     policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy)
     return policy, tokenizer
+
+
+def load_eval_model(spec: str, seed: int = 0, flag: str = "--policy"):
+    """(model, tokenizer) of a stage output or model spec (HF or LoRA-adapter folder, .gguf, short name, 'tiny') on
+    the GPU if there is one: the one loader of `rlagent eval`, `rlagent rollout` and the quickstart's evaluation.
+    Adapters are merged and the tokenizer gets the fix-ups the stages trained with."""
+    logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
+    tokenizer = load_tokenizer(spec, flag)  # a real model's tokenizer is fixed up as in training
+    model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=seed)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer

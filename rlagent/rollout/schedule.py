@@ -1,16 +1,11 @@
-"""What PPO plays each iteration: episode seeds and the difficulty curriculum.
-
-render_transcript and sample_rows (the sample-trajectory table) live in rlagent.rollout.transcripts; they are
-re-exported here for code that still imports them from this module.
-"""
+"""What PPO plays each iteration: the training environments, episode seeds and the difficulty curriculum."""
 
 from __future__ import annotations
 
 from collections import deque
 
-from rlagent.rollout.transcripts import render_transcript, sample_rows
-
-__all__ = ["Curriculum", "episode_seeds", "render_transcript", "sample_rows"]
+from rlagent.common.config import ConfigError
+from rlagent.rollout.engine import make_envs
 
 
 def episode_seeds(seed: int, iteration: int, rank: int, n: int, group_size: int = 1) -> list[int]:
@@ -59,3 +54,21 @@ class Curriculum:
         self.level.update(state["level"])
         for name, values in state["window"].items():
             self.window[name] = deque(values, maxlen=self.cfg.window)
+
+
+def build_training_envs(env, per_env: int, wrapper_seed: int) -> list:
+    """per_env environments of each id; a bad spec, a protocol gap or a bad wrapper spec is a ConfigError naming
+    the key.
+
+    Wrapper hits are drawn per (wrapper_seed, reset seed): processes differ, a resumed run repeats its draws.
+    """
+    from envs.wrappers import parse_wrappers
+
+    try:
+        parse_wrappers(env.wrappers)
+    except ValueError as err:
+        raise ConfigError(f"env.wrappers: {err}") from None
+    try:
+        return [e for env_id in env.ids for e in make_envs(env_id, per_env, env.split, env.wrappers, wrapper_seed)]
+    except ConfigError as err:
+        raise ConfigError(f"env.ids: {err}") from None

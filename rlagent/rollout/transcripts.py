@@ -93,6 +93,26 @@ def wording_cell(stats: dict) -> str:
     return " / ".join("-" if rate is None else f"{rate:.1%}" for rate in rates)
 
 
+RESULT_COLUMNS = ("success", "95% CI", "seen / unseen", "turns", "tool calls/ep", "invalid calls")
+
+
+def result_table(title: str, lead: tuple[str, ...], tail: tuple[str, ...], rows: list[tuple[list, dict, list]]):
+    """The one results table (`rlagent eval`, the quickstart): `lead` columns, RESULT_COLUMNS, `tail` columns; each
+    row is (lead cells, evaluation result, tail cells)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in (*lead, *RESULT_COLUMNS, *tail):
+        table.add_column(column)
+    for lead_cells, r, tail_cells in rows:
+        lo, hi = r["success_ci95"]
+        cells = [f"{r['success_rate']:.1%} ({r['successes']}/{r['episodes']})", f"[{lo:.1%}, {hi:.1%}]",
+                 wording_cell(r), f"{r['mean_turns']:.2f}", f"{r['tool_calls_per_episode']:.2f}",
+                 f"{r['invalid_tool_call_rate']:.1%}"]  # fmt: skip
+        table.add_row(*lead_cells, *cells, *tail_cells)
+    return table
+
+
 def save_jsonl(path: str, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:

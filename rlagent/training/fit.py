@@ -6,8 +6,9 @@ summed loss, how many units (assistant tokens, pairs) a global batch's loss is a
 evaluation. fit() then runs the same numbered loop for both:
 
 1 global batch (a pure function of seed and step) -> this process's share -> micro-batches ·
-2 forward/backward per micro-batch, gradients synchronised on the last · 3 clip, optimizer step (skipped when the
-gradient norm is not finite), schedule · 4 eval + early stopping · 5 log · 6 checkpoint.
+2-3 one optimizer step (rlagent.training.step, shared with PPO): forward/backward per micro-batch, gradients
+synchronised on the last, clip, step (skipped when the gradient norm is not finite), schedule ·
+4 eval + early stopping · 5 log · 6 checkpoint.
 
 The loss is a mean over the units of the GLOBAL batch (all micro-batches, all processes): each micro-batch's summed
 loss is divided by the global count, so the same global batch gives the same update whatever the accumulation steps
@@ -27,15 +28,10 @@ import torch
 
 from rlagent.common.config import AT_LEAST_ONE, NON_NEGATIVE, StageConfig, doc, save_config
 from rlagent.common.modeling import count_parameters
-from rlagent.training.checkpoints import (
-    load_checkpoint,
-    load_optimizer_state,
-    optimizer_state,
-    resolve_resume,
-    save_checkpoint,
-)
+from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from rlagent.training.guards import StepGuard
 from rlagent.training.setup import batch_indices, build_optimizer
+from rlagent.training.step import optimizer_step, restore_training_state, training_state
 from rlagent.training.tracking import Progress, Tracker
 
 
@@ -141,7 +137,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
         micro_batches, units = split_batch(cfg, accelerator, task, step)
         metrics = train_step(model, optimizer, scheduler, accelerator, task, micro_batches, units, cfg.optim)
-        guard.after_step(not metrics["train/skipped_step"], {"model": model}, done)
+        guard.after_step(not metrics["train/skipped_steps"], {"model": model}, done)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics[task.throughput] = units / max(time.time() - t0, 1e-9)
         t0 = time.time()
@@ -208,28 +204,22 @@ def split_batch(cfg: SupervisedConfig, accelerator, task: SupervisedTask, step: 
 
 
 def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: list, units: int, optim) -> dict:
-    """One optimizer step over this process's micro-batches; each summed loss is divided by the GLOBAL unit count."""
+    """One optimizer step over this process's micro-batches (rlagent.training.step); each summed loss is divided by the
+    GLOBAL unit count."""
     # Train mode: from_pretrained returns a model in eval mode, where activation checkpointing is off.
     model.train()
-    sums = torch.zeros((), device=accelerator.device)
-    for i, rows in enumerate(micro_batches):
-        sync = i == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not sync else torch.enable_grad():
-            loss, stats = task.loss_sums(model, rows)
-            # DDP averages gradients over processes, so multiply back by the process count.
-            accelerator.backward(loss * accelerator.num_processes / units)
-        sums = sums + torch.stack([value.detach() for value in stats.values()])
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
-    if torch.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    sums, names = [torch.zeros((), device=accelerator.device)], []
+
+    def loss_of(rows):
+        loss, stats = task.loss_sums(model, rows)
+        sums[0] = sums[0] + torch.stack([value.detach() for value in stats.values()])
+        names[:] = list(stats)
+        return loss / units
+
+    step_stats, _ = optimizer_step(accelerator, [model], optimizer, micro_batches, loss_of, optim.max_grad_norm)
     scheduler.step()
-    means = (accelerator.reduce(sums, reduction="sum") / units).tolist()
-    return {
-        **{f"train/{name}": mean for name, mean in zip(stats, means)},
-        "train/grad_norm": float(grad_norm),
-        "train/skipped_step": int(not torch.isfinite(grad_norm)),
-    }
+    means = (accelerator.reduce(sums[0], reduction="sum") / units).tolist()
+    return {**{f"train/{name}": mean for name, mean in zip(names, means)}, **step_stats}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,16 +229,15 @@ def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: li
 def save_state(
     accelerator, cfg: SupervisedConfig, step: int, model, optimizer, scheduler, stopping, record: dict
 ) -> None:
-    """Weights, optimiser, schedule, step, early-stopping state and the run `record` (last metrics, first loss) as
-    OUTPUT_DIR/checkpoints/step-N (atomic)."""
-    state = {
-        "optimizer": optimizer_state(accelerator, optimizer),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
+    """Weights and the training state (rlagent.training.step: optimiser, schedule, step, last metrics; the loop's
+    own: early stopping, first train loss, applied updates) as OUTPUT_DIR/checkpoints/step-N (atomic)."""
+    loop = {
         "best_eval": stopping.best,
         "bad_evals": stopping.bad_evals,
-        "record": record,
+        "first_train_loss": record["first_train_loss"],
+        "updates": record["updates"],
     }
+    state = training_state(accelerator, optimizer, scheduler, step, record["metrics"], loop)
     save_checkpoint(accelerator, cfg.output_dir, step, {"model": model}, state, cfg.keep_checkpoints)
 
 
@@ -260,7 +249,6 @@ def restore_state(
     if not resume:
         return 0, EarlyStopping(patience), {}
     state = load_checkpoint(resume, {"model": accelerator.unwrap_model(model)}, accelerator.process_index)
-    load_optimizer_state(accelerator, optimizer, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    # Checkpoints written before the record existed resume with an empty one (first loss unknown).
-    return state["step"], EarlyStopping(patience, state["best_eval"], state["bad_evals"]), state.get("record", {})
+    step, metrics, loop = restore_training_state(accelerator, state, optimizer, scheduler)
+    record = {"metrics": metrics, "first_train_loss": loop["first_train_loss"], "updates": loop.get("updates", step)}
+    return step, EarlyStopping(patience, loop["best_eval"], loop["bad_evals"]), record

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from rlagent.algorithms.registry import ADV_ESTIMATORS, POLICY_LOSSES
 from rlagent.common.config import (
     AT_LEAST_ONE,
     FRACTION,
@@ -20,6 +21,9 @@ from rlagent.common.config import (
     StageConfig,
     doc,
 )
+
+ESTIMATOR_NAMES = tuple(ADV_ESTIMATORS)  # Literal[...] of these: an unknown name is a config error listing them
+POLICY_LOSS_NAMES = tuple(POLICY_LOSSES)
 
 
 @dataclass
@@ -96,14 +100,16 @@ class ValueConfig:
 class AlgoConfig:
     """PPO hyper-parameters."""
 
-    estimator: Literal["gae", "grpo", "rloo"] = doc(
-        "Advantages: GAE with the critic, or critic-free grpo / rloo.", "gae"
+    # The choices are the keys of rlagent/algorithms/registry.py: a newly registered estimator is accepted here.
+    estimator: Literal[ESTIMATOR_NAMES] = doc(
+        "Advantages: gae (with the critic), or critic-free grpo / rloo / reinforce_plus_plus.", "gae"
     )
-    group_size: int = doc("Samples per task for grpo / rloo.", 4, range=Range(2, None))
+    group_size: int = doc("Samples per task for estimators that compare groups (grpo, rloo).", 4, range=Range(2, None))
     gamma: float = doc("Discount over tokens.", 1.0, range=FRACTION)
     lam: float = doc("GAE lambda.", 0.95, range=FRACTION)
     whiten_advantages: bool = doc("Whiten advantages over policy tokens once per rollout batch.", True)
     ppo_epochs: int = doc("Passes over each rollout batch.", 2, range=AT_LEAST_ONE)
+    policy_loss: Literal[POLICY_LOSS_NAMES] = doc("Policy loss (a key of the registry): ppo_clip.", "ppo_clip")
     clip_eps: float = doc("Policy ratio clip epsilon.", 0.2, range=POSITIVE)
     dual_clip: float | None = doc(
         "Dual-clip constant c > 1 for negative advantages (null = off).",

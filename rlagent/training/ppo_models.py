@@ -1,13 +1,12 @@
-"""The four models of PPO (trainable policy and value, frozen reference, optional reward model) and the passes over
-them: log-prob / value forwards, one minibatch update, the PPO epochs. The loss math itself is
-rlagent/algorithms/ppo_core.py.
+"""The four models of PPO (trainable policy and value, frozen reference, optional reward model): loading them, and the
+forwards over them (log-probs and entropies, values, no-grad micro-batched passes). The update that uses them is
+step 6 of rlagent/train_ppo.py; the math is rlagent/algorithms/ppo_core.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 
 import torch
@@ -52,8 +51,9 @@ def load_value_model(init: str, policy, rm_path: str | None, dtype):
     return value.to(dtype)
 
 
-def load_models(cfg, tokenizer):
-    """(policy, reference or None, value or None, reward model or None) on CPU; the caller places them."""
+def load_models(cfg, tokenizer, with_value: bool):
+    """(policy, reference or None, value or None, reward model or None) on CPU; the caller places them. `with_value`:
+    the advantage estimator needs a critic (its registry trait)."""
     if cfg.reward.model_path and (cfg.reward.rm_weight != 0 or cfg.value.init == "reward_model"):
         check_local_path(cfg.reward.model_path, "reward.model_path")  # before minutes of building the others
     policy = load_causal_lm(cfg.model, tokenizer, cfg.seed)
@@ -62,7 +62,7 @@ def load_models(cfg, tokenizer):
         # A separate frozen copy (docs/ppo.md H.31): the reference must be the starting policy.
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     value = None
-    if cfg.algo.estimator == "gae":
+    if with_value:
         # Before apply_lora: init='policy' copies the plain backbone (a LoRA-wrapped one has lora_* keys and layers).
         value = load_value_model(cfg.value.init, policy, cfg.reward.model_path, next(policy.parameters()).dtype)
         enable_gradient_checkpointing(value, cfg.model)
@@ -141,110 +141,3 @@ def batched(fn, input_ids, attention_mask, micro: int, *extra: torch.Tensor):
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Step 6 of rlagent/train_ppo.py: one minibatch update, and the PPO epochs over a rollout batch
-
-
-def ppo_minibatch_step(
-    cfg, accelerator, policy, value, optimizer, batch: dict, idx: list[int], train_policy: bool
-) -> dict | None:
-    """Accumulate micro-batches of this rank's minibatch `idx`, then one optimizer step. Returns detached stats.
-
-    `cfg` is the PPO stage config (rlagent.training.ppo_config.PPOConfig), taken whole because it reads three sections:
-    algo (losses), optim (micro-batch, clipping) and rollout.temperature. The loss is a token mean over the GLOBAL
-    minibatch: sum over this rank's tokens divided by the all-reduced policy-token count, times the process count
-    because DDP averages gradients (docs/ppo.md G.27); a rank with no token of its own still runs its passes and
-    contributes zero gradient. Returns None, on every rank alike, when the global minibatch has no policy token
-    (episodes dropped by scoring).
-    """
-    mask = batch["policy_mask"]
-    local_tokens = mask[idx].sum().to(accelerator.device)
-    normaliser = float(accelerator.reduce(local_tokens, reduction="sum"))
-    if normaliser == 0:
-        return None
-    scale = accelerator.num_processes
-    # Stats report this rank's token means: losses are sums / global normaliser, stats are micro-batch means.
-    to_local_mean = normaliser / max(float(local_tokens), 1.0)
-    micro = cfg.optim.micro_batch_size
-    stats: dict[str, float] = {}
-    n_micro = math.ceil(len(idx) / micro)
-    for m in range(n_micro):
-        rows = idx[m * micro : (m + 1) * micro]
-        mb = {k: v[rows].to(accelerator.device) for k, v in batch.items()}
-        ids, attn, mask = mb["input_ids"], mb["attention_mask"], mb["policy_mask"]
-        logp, entropy = forward_policy(policy, ids, attn, cfg.rollout.temperature, mask, cfg.model.selective_head)
-        pg_loss, pg_stats = core.policy_loss(
-            logp, mb["old_logprobs"], mb["advantages"], mask, cfg.algo.clip_eps, cfg.algo.dual_clip, normaliser
-        )
-        ent = (entropy * mb["policy_mask"]).sum() / normaliser
-        loss = (pg_loss - cfg.algo.ent_coef * ent) if train_policy else 0.0 * pg_loss
-        vf_stats = {}
-        if value is not None:
-            values = forward_value(value, mb["input_ids"], mb["attention_mask"])
-            vf_loss, vf_stats = core.value_loss(
-                values, mb["old_values"], mb["returns"], mb["policy_mask"], cfg.algo.value_clip_eps, normaliser
-            )
-            loss = loss + cfg.algo.vf_coef * vf_loss
-            _accumulate(stats, {"val/loss": vf_loss * to_local_mean}, 1.0)
-            vf_stats = {f"val/{k}": v for k, v in vf_stats.items()}
-        accelerator.backward(loss * scale)
-        token_share = float(mb["policy_mask"].sum()) / max(float(local_tokens), 1.0)
-        _accumulate(stats, {"policy/loss": pg_loss * to_local_mean, "objective/entropy": ent * to_local_mean}, 1.0)
-        _accumulate(stats, {**{f"policy/{k}": v for k, v in pg_stats.items()}, **vf_stats}, token_share)
-    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-    if value is not None:
-        stats["val/grad_norm"] = float(accelerator.clip_grad_norm_(value.parameters(), cfg.optim.max_grad_norm))
-    finite = math.isfinite(float(grad_norm)) and math.isfinite(stats.get("val/grad_norm", 0.0))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    stats.update({"grad_norm": float(grad_norm), "train/skipped_steps": float(not finite)})
-    return stats
-
-
-def _accumulate(stats: dict, new: dict, weight: float) -> None:
-    for key, value in new.items():
-        value = float(value.detach()) if torch.is_tensor(value) else float(value)
-        if key.endswith("_max"):
-            stats[key] = max(stats.get(key, value), value)
-        else:
-            stats[key] = stats.get(key, 0.0) + value * weight
-
-
-def ppo_epochs(
-    cfg, accelerator, policy, value, optimizer, batch: dict, train_policy: bool, generator, guard=None
-) -> dict:
-    """`algo.ppo_epochs` passes over the rollout batch in reshuffled minibatches; early stop on approx_kl.
-    `guard` (a StepGuard) sees every optimizer step: non-finite weights or too many skipped steps stop the run."""
-    n_local = batch["input_ids"].shape[0]
-    per_rank = cfg.optim.batch_size // accelerator.num_processes
-    all_stats, stopped = [], False
-    for _ in range(cfg.algo.ppo_epochs):
-        order = torch.randperm(n_local, generator=generator).tolist()
-        for start in range(0, n_local - per_rank + 1, per_rank):
-            stats = ppo_minibatch_step(
-                cfg, accelerator, policy, value, optimizer, batch, order[start : start + per_rank], train_policy
-            )
-            if stats is None:  # no policy token on any rank: nothing to step (the caller made sure some exist)
-                continue
-            if guard is not None:
-                models = {"policy": policy} if value is None else {"policy": policy, "value": value}
-                guard.after_step(not stats["train/skipped_steps"], models, guard.updates + guard.skipped_in_a_row + 1)
-            stats = {
-                k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
-                for k, v in stats.items()
-            }
-            all_stats.append(stats)
-            limit = cfg.algo.target_approx_kl
-            if limit is not None and stats.get("policy/approx_kl", 0.0) > 1.5 * limit:
-                stopped = True
-                break
-        if stopped:
-            break
-    out = {k: sum(s[k] for s in all_stats) / len(all_stats) for k in all_stats[0]}
-    out["train/skipped_steps"] = sum(s["train/skipped_steps"] for s in all_stats)
-    out["policy/early_stopped"] = float(stopped)
-    out["policy/minibatch_updates"] = float(len(all_stats))
-    return out

@@ -8,7 +8,8 @@ from envs import TRLEnvironment, check_env, check_step, make_env
 from envs.parsing import format_tool_call
 from examples.trl_counter import Counter, rows, said_the_count
 from rlagent.common.tiny import build_tiny_tokenizer
-from rlagent.rollout.engine import TextPolicy, run_episodes
+from rlagent.rollout.engine import run_episodes
+from rlagent.rollout.policies import TextPolicy
 
 SPEC = "examples.trl_counter:make_env"
 

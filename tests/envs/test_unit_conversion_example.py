@@ -11,7 +11,8 @@ from envs import check_env, check_step, make_env
 from envs.experts import ScriptedExpert, run_expert_episode
 from examples.unit_conversion import METRES_PER_UNIT, convert, sample_task
 from rlagent.common.tiny import build_tiny_tokenizer
-from rlagent.rollout.engine import TextPolicy, run_episodes
+from rlagent.rollout.engine import run_episodes
+from rlagent.rollout.policies import TextPolicy
 from tests.conftest import SMALL_MODEL, read_metrics, run_cli
 
 SPEC = "examples.unit_conversion:make_env"

@@ -7,7 +7,8 @@ from envs.experts import ScriptedExpert
 from envs.parsing import format_tool_call
 from envs.wrappers import DEFAULT_INJECTION, DEFAULT_RATE
 from rlagent.common.tiny import build_tiny_tokenizer
-from rlagent.rollout.engine import TextPolicy, run_episodes
+from rlagent.rollout.engine import run_episodes
+from rlagent.rollout.policies import TextPolicy
 
 CALC = "rlagent/Calculator-v0"
 UNITS = "examples.unit_conversion:make_env"

@@ -9,7 +9,8 @@ import torch
 from reward_models.combine import combine_rewards
 from reward_models.functions import RewardFunctionError, call_reward_functions, load_reward_functions
 from rlagent.common.config import load_config
-from rlagent.train_ppo import PPOConfig, score_episodes
+from rlagent.train_ppo import PPOConfig
+from rlagent.training.episode_scores import score_episodes
 
 PLUGIN = "tests.envs.byo_plugin"
 

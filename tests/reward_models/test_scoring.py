@@ -15,9 +15,9 @@ from reward_models.scoring import (
     fit_normalization,
     render_for_reward,
     render_many_for_reward,
-    right_pad,
 )
 from rlagent.common.config import ModelConfig, TinyModelConfig
+from rlagent.common.data import right_pad
 from rlagent.common.tiny import EOS, IM_END, IM_START, PAD, TOOL_TOKENS, build_tiny_model, build_tiny_tokenizer
 from tests.conftest import CALCULATOR_SCHEMA, addition_conversation
 

@@ -9,8 +9,7 @@ import sys
 import torch
 
 from rlagent.common.config import load_config
-from rlagent.train_ppo import PPOConfig
-from rlagent.training.ppo_models import ppo_minibatch_step
+from rlagent.train_ppo import PPOConfig, ppo_minibatch_step
 from rlagent.training.setup import make_accelerator
 
 

@@ -14,7 +14,8 @@ from envs.parsing import parse_assistant
 from rlagent.common.chat import SENTINEL, encode
 from rlagent.common.chat_templates import end_of_turn_token, prepare_tokenizer, read_template
 from rlagent.common.tiny import build_tiny_tokenizer
-from rlagent.rollout.engine import TextPolicy, make_envs, run_episodes
+from rlagent.rollout.engine import make_envs, run_episodes
+from rlagent.rollout.policies import TextPolicy
 from tests.rlagent.smollm2 import require_smollm2, smollm2_tokenizer
 from tests.rlagent.test_chat_templates import TOOL_TEMPLATES, trl_template
 

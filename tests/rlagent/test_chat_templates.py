@@ -8,6 +8,7 @@ import pytest
 
 from envs.parsing import format_tool_call, parse_assistant
 from rlagent.common import chat_templates
+from rlagent.common.chat import render_env_reply
 from rlagent.common.chat_templates import (
     ChatTemplateError,
     assistant_char_spans,
@@ -25,7 +26,8 @@ from rlagent.common.chat_templates import (
 )
 from rlagent.common.config import TinyModelConfig
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
-from rlagent.rollout.engine import TextPolicy, make_envs, render_env_reply, run_episodes
+from rlagent.rollout.engine import make_envs, run_episodes
+from rlagent.rollout.policies import TextPolicy
 from tests.rlagent.smollm2 import require_smollm2, smollm2_tokenizer
 
 ASSISTANT_TEXT = ["tool_name_q7", "arg_key_q7", "arg_value_q7", "answer_text_q7"]

@@ -56,7 +56,7 @@ def test_train_step_is_a_global_unit_mean_whatever_the_micro_batches(micro):
     assert metrics["train/loss"] == pytest.approx(1.45, abs=1e-6)
     assert metrics["train/units_seen"] == pytest.approx(1.0, abs=1e-6)  # each metric sum is divided by the units
     assert metrics["train/grad_norm"] == pytest.approx(2.9, abs=1e-6)
-    assert metrics["train/skipped_step"] == 0
+    assert metrics["train/skipped_steps"] == 0
     assert model.weight.item() == pytest.approx(0.21, abs=1e-6)
 
 
@@ -69,7 +69,7 @@ def test_non_finite_gradient_skips_the_step():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     optim = SimpleNamespace(max_grad_norm=1.0)
     metrics = train_step(model, optimizer, scheduler, accelerator, toy_task([]), [[(float("inf"), 1)]], 1, optim)
-    assert metrics["train/skipped_step"] == 1 and model.weight.item() == 0.5
+    assert metrics["train/skipped_steps"] == 1 and model.weight.item() == 0.5
 
 
 def test_split_batch_gives_this_process_its_share_sorted_by_length():

@@ -421,6 +421,25 @@ def test_rloo_advantages_by_hand():
     close(core.rloo_advantages(GROUP_SCORES, GROUP_IDS), [2 / 3, -3.0, -2 / 3, 0.0, -2 / 3, 3.0, 2 / 3])
 
 
+def test_reinforce_plus_plus_by_hand():
+    # gamma 0.5. Row 0: policy, policy, env reply, policy (score 1 and KL -0.1 each on the last token).
+    #   t=3: R = 0.9;  t=2: env token skipped (not a step, not discounted);  t=1: R = -0.1 + 0.5 x 0.9 = 0.35;
+    #   t=0: R = -0.1 + 0.5 x 0.35 = 0.075.
+    # Row 1: two policy tokens then padding holding junk rewards: t=1: R = -1.0;  t=0: R = 0.2 + 0.5 x -1.0 = -0.3.
+    # Whitening over the 5 policy returns [0.075, 0.35, 0.9, -0.3, -1.0]: mean 0.025 / 5 = 0.005; deviations
+    # [0.07, 0.345, 0.895, -0.305, -1.005]; squares sum 0.0049 + 0.119025 + 0.801025 + 0.093025 + 1.010025 = 2.028;
+    # unbiased var 2.028 / 4 = 0.507 -> advantage = deviation / sqrt(0.507 + 1e-8).
+    rewards = t([-0.1, -0.1, 0.0, 0.9], [0.2, -1.0, 7.0, float("nan")])
+    mask = t([1, 1, 0, 1], [1, 1, 0, 0])
+    adv, returns = core.reinforce_plus_plus(rewards, mask, gamma=0.5)
+    close(returns, [[0.075, 0.35, 0.0, 0.9], [-0.3, -1.0, 0.0, 0.0]])
+    std = math.sqrt(0.507 + 1e-8)
+    close(adv, [[0.07 / std, 0.345 / std, 0.0, 0.895 / std], [-0.305 / std, -1.005 / std, 0.0, 0.0]])
+    # No policy token anywhere (every episode dropped): zeros, not an error.
+    adv, returns = core.reinforce_plus_plus(rewards, torch.zeros_like(mask), gamma=0.5)
+    close(adv, torch.zeros_like(mask))
+
+
 def test_group_of_one_raises():
     for fn in (core.grpo_advantages, core.rloo_advantages):
         with pytest.raises(ValueError, match="at least 2"):

@@ -1,7 +1,7 @@
 """Episode seeds and the difficulty curriculum (its state survives a checkpoint)."""
 
 from rlagent.rollout.schedule import Curriculum, episode_seeds
-from rlagent.train_ppo import CurriculumConfig
+from rlagent.training.ppo_config import CurriculumConfig
 
 
 def test_episode_seeds_groups_and_ranks():

@@ -8,20 +8,12 @@ import pytest
 import torch
 
 from envs.experts import ScriptedExpert
+from rlagent.common.chat import cut_at_eos, encode, encode_many, render_env_reply
 from rlagent.common.data import tokenize_conversation
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
-from rlagent.rollout.engine import (
-    ModelPolicy,
-    PreallocatedCacheLayer,
-    TextPolicy,
-    cut_at_eos,
-    encode,
-    encode_many,
-    make_envs,
-    render_env_reply,
-    run_episodes,
-    sample_categorical,
-)
+from rlagent.rollout.decoding import ModelPolicy, PreallocatedCacheLayer, sample_categorical
+from rlagent.rollout.engine import make_envs, run_episodes
+from rlagent.rollout.policies import TextPolicy
 from tests.rlagent.scripted_models import SMALL, CountdownScript, RiggedModel, rigged_tiny
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"

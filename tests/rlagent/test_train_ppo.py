@@ -13,8 +13,9 @@ import torch
 from rlagent.algorithms import ppo_core as core
 from rlagent.common.config import ConfigError, TinyModelConfig, TrainingError, load_config
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
-from rlagent.train_ppo import Callback, PPOConfig, PPOTrainer, score_episodes
-from rlagent.training.ppo_models import forward_policy, forward_value, load_value_model, ppo_minibatch_step
+from rlagent.train_ppo import Callback, PPOConfig, PPOTrainer, ppo_minibatch_step
+from rlagent.training.episode_scores import score_episodes
+from rlagent.training.ppo_models import forward_policy, forward_value, load_value_model
 from rlagent.training.setup import make_accelerator
 from tests.conftest import BIN, SMALL_MODEL, assert_metrics_documented, launch_two_processes, read_metrics, run_cli
 
@@ -203,7 +204,8 @@ def test_ppo_resume_gives_identical_metrics(tmp_path, small_sft):
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert comparable(a) == comparable(b)
-    for key in ("objective/kl", "policy/approx_kl", "policy/clipfrac", "val/loss", "env/success_rate", "grad_norm"):
+    keys = ("objective/kl", "policy/approx_kl", "policy/clipfrac", "val/loss", "env/success_rate", "train/grad_norm")
+    for key in keys:
         assert key in a[-1]
     assert_metrics_documented(tmp_path / "a")
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -220,7 +222,7 @@ def test_nan_reward_is_skipped_and_logged(tmp_path, small_sft):
     assert rows[-1]["step"] == 3
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_plus_plus"])
 def test_critic_free_estimators_run(tmp_path, small_sft, estimator):
     ppo(tmp_path, small_sft, "max_steps=2", "save_every=0", f"algo.estimator={estimator}", "algo.group_size=4")
     rows = read_metrics(tmp_path)
@@ -349,7 +351,7 @@ def test_value_init_policy_with_lora_copies_the_plain_backbone():
     overrides = ["model.lora.enabled=true", "model.lora.r=4", "value.init=policy", "reward.rm_weight=0"]
     overrides += ["model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2"]
     cfg = load_config(PPOConfig, None, overrides + ["model.tiny.intermediate_size=64"])
-    policy, reference, value, _ = load_models(cfg, build_tiny_tokenizer())
+    policy, reference, value, _ = load_models(cfg, build_tiny_tokenizer(), with_value=True)
     assert reference is None and value is not None
     value_state = value.model.state_dict()
     assert not any("lora_" in key for key in value_state)
@@ -371,7 +373,7 @@ def test_value_freeze_embeddings_leaves_the_critic_embeddings_out_of_training():
     overrides += ["reward.rm_weight=0"]
     for freeze in (False, True):
         cfg = load_config(PPOConfig, None, overrides + [f"value.freeze_embeddings={freeze}"])
-        _, _, value, _ = load_models(cfg, build_tiny_tokenizer())
+        _, _, value, _ = load_models(cfg, build_tiny_tokenizer(), with_value=True)
         embeddings = value.get_input_embeddings().weight
         assert embeddings.requires_grad is (not freeze)
         assert all(p.requires_grad for name, p in value.named_parameters() if p is not embeddings)

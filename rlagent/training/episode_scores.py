@@ -1,0 +1,68 @@
+"""Step 2 of PPO (rlagent/train_ppo.py): episode scores — environment reward, reward model, reward functions, the
+missing-EOS rule — and the policy mask the update trains on (dropped episodes masked out). `traj` is the
+rollout engine's Trajectory (rlagent.rollout.engine; not imported: the training layer sits beside the rollout)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from reward_models.combine import combine_rewards
+from reward_models.functions import call_reward_functions
+
+
+def score_episodes(
+    reward,
+    traj,
+    reward_model,
+    tokenizer,
+    inject_nan: bool = False,
+    reward_functions: list | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(scores, policy_mask, stats): episode scores and the mask the update trains on; `traj` is left unchanged.
+
+    Score = env_weight x env reward + rm_weight x normalised RM score + each reward function's weight x value
+    (reward_models.combine_rewards; `reward_functions` from reward_models.functions.load_reward_functions), then
+    the missing-EOS rule. An episode that leaves the loss — missing end-of-turn with missing_eos='mask'
+    (DAPO-style), a reward function that failed on it, or any other non-finite score, which would poison
+    whitening and the loss — gets score 0 and an all-zero mask row.
+    Shape: scores (B,), policy_mask (B, T) like traj.policy_mask.
+    """
+    rm_score, stats = None, {}
+    if reward_model is not None:
+        rm_score = reward_model.score_policy_ids(traj.input_ids, traj.attention_mask, tokenizer).float().cpu()
+        stats["objective/rm_score"] = rm_score.mean().item()
+    rm_weight = reward.rm_weight if rm_score is not None else 0.0  # no reward model loaded: environment only
+    functions = function_scores(reward_functions or [], traj, stats)
+    scores = combine_rewards(traj.env_reward, rm_score, reward.env_weight, rm_weight, functions)
+    dropped = torch.zeros(len(scores), dtype=torch.bool)
+    if reward.missing_eos == "penalty":
+        scores = scores - reward.missing_eos_penalty * traj.missing_eos
+    elif reward.missing_eos == "mask":
+        dropped = traj.missing_eos.bool()
+    if inject_nan:
+        scores[0] = float("nan")
+    nonfinite = ~torch.isfinite(scores)
+    stats["objective/nonfinite_scores"] = int(nonfinite.sum())
+    dropped = dropped | nonfinite
+    policy_mask = traj.policy_mask.masked_fill(dropped[:, None], 0)
+    return torch.where(dropped, torch.zeros_like(scores), scores), policy_mask, stats
+
+
+def function_scores(reward_functions: list, traj, stats: dict) -> dict:
+    """Run the user's reward functions; log reward/<name> (mean over the episodes it scored) and
+    reward/function_errors (episodes at least one function failed on); failures are reported on stderr."""
+    if not reward_functions:
+        return {}
+    functions, errors = call_reward_functions(reward_functions, traj)
+    failed = torch.zeros(len(traj), dtype=torch.bool)
+    for name, (values, _) in functions.items():
+        ok = torch.isfinite(values)
+        failed |= ~ok
+        stats[f"reward/{name}"] = values[ok].mean().item() if bool(ok.any()) else float("nan")
+    stats["reward/function_errors"] = int(failed.sum())
+    if errors:  # the first failure says what went wrong; the count says how often
+        print(f"rlagent ppo: warning: {errors[0]} ({len(errors)} failure(s) in this batch; those episodes are "
+              "dropped from the update)", file=sys.stderr, flush=True)  # fmt: skip
+    return functions
