@@ -48,7 +48,7 @@ def test_load_errors_name_the_entry():
     for specs, weights, expected in [
         (["nocolon"], None, "is not 'module:function'"),
         (["no_such_module_xyz:f"], None, "importing 'no_such_module_xyz'"),
-        ([f"{PLUGIN}:missing"], None, "has no function 'missing'"),
+        ([f"{PLUGIN}:missing"], None, "has no attribute 'missing'"),
         ([f"{PLUGIN}:turns_bonus"], [1.0, 2.0], "has 2 entries but reward.functions has 1"),
         ([f"{PLUGIN}:turns_bonus", f"{PLUGIN}:turns_bonus"], None, "two functions are named 'turns_bonus'"),
     ]:
@@ -81,3 +81,18 @@ def test_score_episodes_adds_logs_and_drops(capsys):
     assert stats["reward/broken_on_odd_seeds"] == 1.0 and stats["reward/function_errors"] == 2
     assert stats["objective/nonfinite_scores"] == 2
     assert "on episode 1: raised RuntimeError: odd seed (2 failure(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "returned, expected",
+    [("0.5", None), (b"1", None), (None, None), ([1.0], None), (0.5, 0.5), (True, 1.0), (torch.tensor(0.25), 0.25)],
+)
+def test_only_numbers_are_scores(returned, expected):
+    """A string such as "0.5" is a bug in the function, not a score: the episode is dropped with a reason."""
+    from reward_models.functions import _call
+
+    value, error = _call(lambda messages, tools, info: returned, [], None, {})
+    if expected is None:
+        assert math.isnan(value) and "not a number" in error
+    else:
+        assert value == expected and error is None

@@ -57,6 +57,7 @@ def test_a_kill_during_pruning_leaves_no_complete_but_broken_checkpoint(tmp_path
         folder = tmp_path / "checkpoints" / f"step-{step}"
         (folder / "model").mkdir(parents=True)
         (folder / "model" / "model.safetensors").write_bytes(b"x")
+        (folder / "training_state.pt").write_bytes(b"x")  # a pre-manifest checkpoint: trusted on its marker
         (folder / "COMPLETE").touch()
 
     def killed(path, ignore_errors=False):
