@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rlagent.common.config import StageConfig, doc, save_config
+from rlagent.common.memory import release_freed_heap
 from rlagent.common.modeling import count_parameters
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from rlagent.training.setup import batch_indices, build_optimizer
@@ -130,6 +131,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
         micro_batches, units = split_batch(cfg, accelerator, task, step)
         metrics = train_step(model, optimizer, scheduler, accelerator, task, micro_batches, units, cfg.optim)
+        release_freed_heap()  # the step's freed activations back to the OS: peak RSS ~ live tensors (common.memory)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics[task.throughput] = units / max(time.time() - t0, 1e-9)
         t0 = time.time()
