@@ -46,6 +46,7 @@ BENCHMARKS = {
     "memory_phases": ["--quick"],
     "ppo_learning": ["--quick"],
     "ppo_precision_ab": ["--quick"],
+    "bf16_autocast_ab": [],
     "kill_resume": ["--kills", "2"],
 }
 # Names that run another script with fixed arguments: name -> (script, arguments of every run).

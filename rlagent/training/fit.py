@@ -131,7 +131,6 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         # 1-3. This process's micro-batches of global batch `step`, then one optimizer step.
         micro_batches, units = split_batch(cfg, accelerator, task, step)
         metrics = train_step(model, optimizer, scheduler, accelerator, task, micro_batches, units, cfg.optim)
-        release_freed_heap()  # the step's freed activations back to the OS: peak RSS ~ live tensors (common.memory)
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         metrics[task.throughput] = units / max(time.time() - t0, 1e-9)
         t0 = time.time()
@@ -186,6 +185,8 @@ def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: li
             # DDP averages gradients over processes, so multiply back by the process count.
             accelerator.backward(loss * accelerator.num_processes / units)
         sums = sums + torch.stack([value.detach() for value in stats.values()])
+        # Micro-batches of different lengths fragment glibc's heap; give the freed activations back (common.memory).
+        release_freed_heap()
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), optim.max_grad_norm)
     if torch.isfinite(grad_norm):
         optimizer.step()
