@@ -14,7 +14,8 @@ embeddings, head and rlagent-prepared template, the reward and value models its 
 head), Calculator-v0 prompts through the chat template, rollout batch, response length (sampling stops at end-of-turn
 or after --response-length tokens; a random policy rarely stops early, and each side counts the response tokens it
 actually generated), PPO epochs, minibatch and micro-batch sizes, learning rate, KL coefficient, value
-coefficient and clip ranges, temperature 1, fp32, no gradient checkpointing. Our side plays one-turn Calculator
+coefficient and clip ranges, temperature 1, fp32 (or, with --precision bf16, bf16 autocast over fp32 weights on both
+sides), no gradient checkpointing. Our side plays one-turn Calculator
 episodes (tool-call tags are stripped, so a chance "<tool_call>" cannot start a second turn), env reward weighted 0:
 the score is the reward model's, as in TRL.
 
@@ -60,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--layers", type=int, default=2, help="decoder layers kept with --model smollm2 (0 = all 30)")
     parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32",
+        help="bf16: bf16 autocast over fp32 weights on both sides (ours model.dtype=auto, TRL bf16=True)",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -104,7 +109,7 @@ def run_ours(args, setup: dict) -> None:
             "seed=0",
             f"max_steps={args.warmup + args.iterations}",
             f"model.name_or_path={setup['policy']}",
-            "model.dtype=float32",
+            "model.dtype=float32" if args.precision == "fp32" else "model.dtype=auto",
             f"env.ids=[{env_id}]",
             f"env.episodes={args.batch}",
             f"rollout.max_new_tokens={args.response_length}",
@@ -194,7 +199,7 @@ def run_trl(args, setup: dict) -> None:
         logging_steps=1,
         save_strategy="no",
         disable_tqdm=True,
-        bf16=False,
+        bf16=args.precision == "bf16",  # accelerate's autocast over fp32 weights, as ours under model.dtype=auto
         fp16=False,
         gradient_checkpointing=False,
         learning_rate=args.lr,
@@ -292,6 +297,7 @@ def worker_command(args, side: str, setup_path: str) -> list[str]:
         f"--model={args.model}",
         f"--layers={args.layers}",
         f"--lr={args.lr}",
+        f"--precision={args.precision}",
     ]
     return [sys.executable, os.path.abspath(__file__), f"--worker={side}", f"--setup={setup_path}", *flags]
 
@@ -374,6 +380,7 @@ def summarise(args, measured: dict[str, list[dict]], trl_version: str) -> None:
         micro_batch=args.micro_batch,
         iterations=args.iterations,
         tiny=args.tiny,
+        precision=args.precision,
         uptime=uptime(),
     )
 

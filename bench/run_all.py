@@ -38,6 +38,7 @@ BENCHMARKS = {
     "rollout_throughput": ["--episodes", "8", "--sft-steps", "20", "--repeats", "1"],
     "ppo_vs_trl_ppo": ["--quick"],
     "ppo_vs_trl_ppo_smollm2": ["--quick"],
+    "ppo_vs_trl_ppo_smollm2_bf16": ["--quick"],
     "multiturn_vs_trl_grpo": ["--quick"],
     "multiturn_vs_trl_grpo_smollm2": ["--quick"],
     "memory_lora_vs_full": ["--quick"],
@@ -45,12 +46,15 @@ BENCHMARKS = {
     "sft_real_shape": ["--quick"],
     "memory_phases": ["--quick"],
     "ppo_learning": ["--quick"],
+    "ppo_precision_ab": ["--quick"],
+    "bf16_autocast_ab": [],
     "kill_resume": ["--kills", "2"],
     "quickstart_spread": ["--quick"],
 }
 # Names that run another script with fixed arguments: name -> (script, arguments of every run).
 VARIANTS = {
     "ppo_vs_trl_ppo_smollm2": ("ppo_vs_trl_ppo", ["--model", "smollm2", "--layers", "2"]),
+    "ppo_vs_trl_ppo_smollm2_bf16": ("ppo_vs_trl_ppo", ["--model", "smollm2", "--layers", "2", "--precision", "bf16"]),
     "multiturn_vs_trl_grpo_smollm2": ("multiturn_vs_trl_grpo", ["--model", "smollm2", "--layers", "2"]),
 }
 # Run only when named with --only: robustness checks, not speeds (minutes of kill/resume cycles; quickstart_spread

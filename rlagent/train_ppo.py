@@ -32,6 +32,7 @@ from reward_models.functions import RewardFunctionError, load_reward_functions
 from rlagent.algorithms import ppo_core as core
 from rlagent.algorithms.registry import AdvantageEstimator, AdvantageInputs, get_adv_estimator, get_policy_loss
 from rlagent.common.config import ConfigError, parse_args, run_main, save_config
+from rlagent.common.memory import release_freed_heap
 from rlagent.common.modeling import count_parameters, load_tokenizer
 from rlagent.rollout.decoding import ModelPolicy
 from rlagent.rollout.engine import Trajectory, run_episodes
@@ -145,7 +146,7 @@ class PPOTrainer:
 
     def __init__(self, cfg: PPOConfig, callbacks: list[Callback] | tuple = ()):
         self.cfg, self.callbacks = cfg, list(callbacks)
-        self.accelerator = make_accelerator()
+        self.accelerator = make_accelerator(cfg.model.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         set_seed(cfg.seed, self.rank)
         self.per_rank = check_shapes(cfg, self.world)
@@ -195,7 +196,8 @@ class PPOTrainer:
         else:
             policy, optimizer = accelerator.prepare(policy, optimizer)
         self.policy, self.value, self.optimizer = policy, value, optimizer
-        self.reference = reference.to(accelerator.device) if reference is not None else None
+        # prepare_model places the frozen copy and gives it the policy's autocast: both log-probs share one precision.
+        self.reference = accelerator.prepare_model(reference, evaluation_mode=True) if reference is not None else None
         if self.reward_model is not None:
             self.reward_model.to(accelerator.device)
 
@@ -235,6 +237,7 @@ class PPOTrainer:
         metrics = self.last_metrics
         for iteration in range(self.start, cfg.max_steps):
             metrics = self.iteration(iteration)
+            release_freed_heap()  # freed rollout/training tensors back to the OS (rlagent.common.memory)
             kl, score = metrics.get("objective/kl", float("nan")), metrics["objective/scores"]
             progress.update(iteration + 1, success=metrics["env/success_rate"], kl=kl, score=score)
         progress.close()

@@ -246,7 +246,7 @@ def pop_pairs_out(argv: list[str]) -> tuple[list[str], str | None]:
 def main(argv: list[str] | None = None) -> dict:
     argv, pairs_out = pop_pairs_out(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg.model.dtype)
     set_seed(cfg.seed, accelerator.process_index)
     check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent reward", "pairs")  # before the pairs
     check_resume_from(cfg.resume_from)

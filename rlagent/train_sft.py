@@ -174,7 +174,7 @@ def evaluate(model, rows: list, pad_id: int, micro: int, device, selective: bool
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(SFTConfig, argv, prog="rlagent sft")
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(cfg.model.dtype)
     set_seed(cfg.seed, accelerator.process_index)
     check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent sft")  # fail before the data is built
     check_resume_from(cfg.resume_from)

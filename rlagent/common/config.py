@@ -146,7 +146,10 @@ class ModelConfig:
         "tiny",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
-        "Weight dtype; auto = bf16 on a GPU that supports it, else fp32.", "auto"
+        "auto = fp32 weights, training under bf16 autocast and bf16 generation where the hardware has native bf16 "
+        "(bf16 GPUs, AVX512-BF16/AMX CPUs), else plain fp32; float32 = no autocast; bfloat16/float16 = weights "
+        "and optimizer updates in that dtype.",
+        "auto",
     )
     tiny: TinyModelConfig = doc("Size of the tiny default model.", factory=TinyModelConfig)
     lora: LoraConfig = doc("LoRA adapters.", factory=LoraConfig)

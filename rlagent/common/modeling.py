@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from rlagent.common.chat_templates import ChatTemplateError, prepare_tokenizer, sync_model_with_tokenizer
 from rlagent.common.config import ConfigError, ModelConfig
 from rlagent.common.model_sources import SHIPPED_MODELS, TINY, is_adapter_folder, resolve_model_path
+from rlagent.common.precision import weight_dtype
 from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 
 # tokenizer_config.json key under which the fix-ups prepare_tokenizer made are kept, so final/ says what was changed
@@ -32,10 +33,9 @@ FIXUPS_KEY = "rlagent_tokenizer_fixups"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' = bf16 on a GPU that supports it, otherwise fp32 (CPU bf16 matmuls are slow and imprecise)."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    """Weight dtype of a model.dtype (rlagent.common.precision.weight_dtype): fp32 master weights for 'auto', whose
+    bf16 comes from autocast (rlagent.training.setup.make_accelerator); an explicit name is the weights' dtype."""
+    return weight_dtype(name)
 
 
 def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None:

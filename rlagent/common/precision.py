@@ -36,3 +36,27 @@ def pick_dtype(name: str, device: torch.device | str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     return NAMED_DTYPES[name]
+
+
+def weight_dtype(name: str) -> torch.dtype:
+    """The dtype weights are loaded in: fp32 master weights for 'auto' (bf16, where used, comes from autocast);
+    an explicit name is taken literally ('bfloat16' = bf16 weights and bf16 optimizer updates, the pre-autocast
+    meaning)."""
+    return torch.float32 if name == "auto" else NAMED_DTYPES[name]
+
+
+def training_autocast(name: str, device: torch.device | str) -> bool:
+    """Whether training forwards/backwards run under bf16 autocast: 'auto' on a device with native bf16 (measured
+    faster on GPUs and on this project's AVX512-BF16 CPU; README "Speed and memory at a real vocabulary")."""
+    return name == "auto" and native_bf16(device)
+
+
+def mixed_precision_mode(name: str, device: torch.device | str) -> str:
+    """accelerate's `mixed_precision` for a model.dtype: 'bf16' when training autocasts, else 'no'."""
+    return "bf16" if training_autocast(name, device) else "no"
+
+
+def compute_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """The dtype matmuls run in on `device` (generation backends cast their weight copy to it): bf16 for 'auto'
+    where native, else the named dtype."""
+    return pick_dtype(name, device)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rlagent.common.config import AT_LEAST_ONE, NON_NEGATIVE, StageConfig, doc, save_config
+from rlagent.common.memory import release_freed_heap
 from rlagent.common.modeling import count_parameters
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint
 from rlagent.training.guards import StepGuard
@@ -217,6 +218,8 @@ def train_step(model, optimizer, scheduler, accelerator, task, micro_batches: li
         return loss / units
 
     step_stats, _ = optimizer_step(accelerator, [model], optimizer, micro_batches, loss_of, optim.max_grad_norm)
+    # Micro-batches of different lengths fragment glibc's heap; give the freed activations back (common.memory).
+    release_freed_heap()
     scheduler.step()
     means = (accelerator.reduce(sums[0], reduction="sum") / units).tolist()
     return {**{f"train/{name}": mean for name, mean in zip(names, means)}, **step_stats}

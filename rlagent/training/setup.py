@@ -13,19 +13,32 @@ import torch
 from transformers import get_scheduler
 
 from rlagent.common.config import ConfigError, OptimConfig
+from rlagent.common.precision import mixed_precision_mode
 
 
-def make_accelerator(**kwargs):
-    """An Accelerator that also forms a gloo process group on CPU-only hosts.
+def make_accelerator(model_dtype: str = "float32", **kwargs):
+    """An Accelerator that also forms a gloo process group on CPU-only hosts, with bf16 autocast when `model_dtype`
+    (model.dtype) asks for it.
 
     accelerate picks MULTI_CPU only when cpu=True, so `accelerate launch --multi_gpu --num_processes 2` on a machine
-    without GPUs would otherwise start two independent single-process runs.
+    without GPUs would otherwise start two independent single-process runs. model.dtype alone decides the mixed
+    precision (accelerate then wraps each prepared model's forward in autocast and returns fp32 outputs); a launcher
+    config's `mixed_precision` that disagrees is overridden, with a warning, so bf16 is never applied twice.
     """
     from accelerate import Accelerator
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # "Writing model shards" bars would interleave with our own progress bar
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    mode = mixed_precision_mode(model_dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher not in ("no", mode):
+        warnings.warn(
+            f"accelerate mixed_precision={launcher} ignored: model.dtype={model_dtype} means mixed_precision={mode} "
+            "here (model.dtype: auto autocasts to bf16 where the hardware has it)",
+            stacklevel=2,
+        )
+    _forget_other_precision(mode)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mode, **kwargs)
     on_cpu = accelerator.distributed_type == "MULTI_CPU"
     if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         _use_fsdp_on_cpu(accelerator)
@@ -51,6 +64,15 @@ def _use_fsdp_on_cpu(accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
     # Every AcceleratorState() refreshes itself from PartialState's shared dict; accelerate does the same on GPUs.
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _forget_other_precision(mode: str) -> None:
+    """accelerate's state is a process-wide singleton that refuses a second precision; a process that runs stages
+    of different model.dtype in turn (tests, notebooks) starts the new one afresh (the process group is kept)."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != mode:
+        AcceleratorState._reset_state()
 
 
 def set_seed(seed: int, rank: int = 0) -> None:
