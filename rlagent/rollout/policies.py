@@ -61,6 +61,10 @@ def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) 
     parser.add_argument("--max-new-tokens", type=int, default=96, help="Longest assistant turn in tokens.")
     parser.add_argument("--max-total-tokens", type=int, default=1024, help="Longest episode in tokens.")
     parser.add_argument("--batch-size", type=int, default=64, help="Episodes played at once by the engine.")
+    parser.add_argument("--backend", default="hf", help="Generation backend (model policies).")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="Sampling weights' dtype (auto: bf16 where the hardware computes it natively).")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="Prefill each prompt in full.")
 
 
 def random_actor(seed: int) -> Callable[[list[dict], dict], str]:
@@ -110,5 +114,6 @@ def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
     tokenizer = load_tokenizer(spec, "--policy")  # a real model's tokenizer is fixed up as in training
     model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=args.seed)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy)
+    policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy, backend=args.backend,
+                         dtype=args.dtype, prefix_cache=not args.no_prefix_cache, key="--backend")  # fmt: skip
     return policy, tokenizer

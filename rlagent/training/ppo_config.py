@@ -34,6 +34,13 @@ class RolloutConfig:
     max_new_tokens: int = doc("Longest assistant turn in tokens.", 96)
     temperature: float = doc("Sampling temperature; the same value divides logits in every log-prob pass.", 1.0)
     max_total_tokens: int = doc("Longest episode (prompt + all turns) in tokens.", 1024)
+    backend: str = doc("Generation backend (rlagent.rollout.backends): hf.", "hf")
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "The sampler's weights: a copy in this dtype refreshed after every update ('auto': bf16 where the hardware "
+        "computes it natively, else fp32); the trainer's dtype shares its module.",
+        "auto",
+    )
+    prefix_cache: bool = doc("Prefill the prompt prefix the episodes share (system prompt, tools) once.", True)
 
 
 @dataclass
@@ -92,6 +99,11 @@ class AlgoConfig:
     ppo_epochs: int = doc("Passes over each rollout batch.", 2)
     clip_eps: float = doc("Policy ratio clip epsilon.", 0.2)
     dual_clip: float | None = doc("Dual-clip constant c > 1 for negative advantages (null = off).", None)
+    tis_cap: float | None = doc(
+        "Truncated importance sampling: weight each policy token's loss by min(exp(old - sampler log-prob), cap), "
+        "correcting for a sampler that differs from the learner (bf16 copy); null = off.",
+        None,
+    )
     value_clip_eps: float | None = doc("Value clip around the old values (null = off).", 0.2)
     vf_coef: float = doc("Weight of the value loss.", 0.5)
     ent_coef: float = doc("Entropy bonus weight (0 is usual for LLMs; entropy is always logged).", 0.0)
