@@ -123,8 +123,9 @@ def _reset_all(envs: list, seeds: list[int], options: list, tokenizer) -> list[_
     episodes = []
     for env, seed, info, prompt in zip(envs, seeds, infos, encode_many(tokenizer, texts)):
         spans = [(0, len(prompt), "prompt")]
-        episodes.append(_Episode(env, seed, prompt, [0] * len(prompt), spans, list(info["messages"]),
-                                 info.get("tools"), info.get("task", {}), sampler_logprobs=[0.0] * len(prompt)))  # fmt: skip
+        episode = _Episode(env, seed, prompt, [0] * len(prompt), spans, list(info["messages"]), info.get("tools"),
+                           info.get("task", {}), sampler_logprobs=[0.0] * len(prompt))  # fmt: skip
+        episodes.append(episode)
     return episodes
 
 

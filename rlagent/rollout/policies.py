@@ -62,8 +62,12 @@ def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) 
     parser.add_argument("--max-total-tokens", type=int, default=1024, help="Longest episode in tokens.")
     parser.add_argument("--batch-size", type=int, default=64, help="Episodes played at once by the engine.")
     parser.add_argument("--backend", default="hf", help="Generation backend (model policies).")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="Sampling weights' dtype (auto: bf16 where the hardware computes it natively).")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="Sampling weights' dtype (auto: bf16 where the hardware computes it natively).",
+    )
     parser.add_argument("--no-prefix-cache", action="store_true", help="Prefill each prompt in full.")
 
 

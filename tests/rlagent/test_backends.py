@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `tok` fixture is imported from test_rollout, and pytest passes it by parameter name)
 """The generation-backend seam: prefix cache on/off give the same tokens, sampler log-probs match the learner's,
 sync_weights refreshes a bf16 copy, unknown backends are config errors, and the TIS weights are applied."""
 
@@ -8,28 +9,16 @@ import torch
 
 from rlagent.algorithms import ppo_core as core
 from rlagent.common.config import ConfigError
-from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+from rlagent.common.tiny import build_tiny_model
 from rlagent.rollout.backends import GenerationRequest, SamplingParams, build_backend
 from rlagent.rollout.decoding import ModelPolicy
 from rlagent.rollout.engine import make_envs, run_episodes
 from rlagent.train_ppo import PPOTrainer
 from tests.rlagent.scripted_models import SMALL
 from tests.rlagent.smollm2 import require_smollm2, smollm2_truncated
+from tests.rlagent.test_rollout import one_thread, tok  # noqa: F401  (fixtures: one torch thread, the tiny tokenizer)
 
 CALC, KB = "rlagent/Calculator-v0", "rlagent/KBSearch-v0"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 def rollout(model, tok, env_id: str, n: int, max_new: int = 12, **kwargs):
@@ -148,7 +137,9 @@ def test_tis_correction_multiplies_the_policy_loss_where_the_sampler_differs():
     old = torch.tensor([[0.0, -1.0, -2.0, -0.3]])
     sampler = torch.tensor([[0.0, -1.0, -3.0, -0.1]])  # differs at tokens 2 (ratio e) and 3 (ratio e^-0.2)
     advantages = torch.tensor([[0.0, 1.0, -2.0, 0.5]])
-    it = types.SimpleNamespace(advantages=advantages, old_logprobs=old, traj=types.SimpleNamespace(sampler_logprobs=sampler))
+    it = types.SimpleNamespace(
+        advantages=advantages, old_logprobs=old, traj=types.SimpleNamespace(sampler_logprobs=sampler)
+    )
     trainer = types.SimpleNamespace(cfg=types.SimpleNamespace(algo=types.SimpleNamespace(tis_cap=2.0)))
     weighted = PPOTrainer.importance_weighted(trainer, it)
     torch.testing.assert_close(weighted, torch.tensor([[0.0, 1.0, -4.0, 0.5 * 0.81873075]]), atol=1e-6, rtol=0)

@@ -11,55 +11,11 @@ Adding a backend (e.g. vLLM on a GPU): a class with `generate(requests, params)`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from rlagent.rollout.backends.base import GenerationBackend, GenerationOutput, GenerationRequest, SamplingParams
+from rlagent.rollout.backends.hf import HFBackend
 
-import torch
-
-
-@dataclass
-class SamplingParams:
-    """How one batch of requests is sampled (plain temperature sampling: no top-k/top-p)."""
-
-    max_new_tokens: int = 96  # longest output; a row that reaches it without a stop id is kept as sampled
-    temperature: float = 1.0  # divides the logits for sampling AND for the returned log-probs
-    stop_ids: tuple[int, ...] = ()  # a row ends right after sampling one of these (kept in its output)
-    greedy: bool = False  # argmax instead of sampling; log-probs are still those of the temperature-scaled softmax
-    generator: torch.Generator | None = None  # random stream for sampling (None = torch's global one)
-
-
-@dataclass
-class GenerationRequest:
-    """One row to continue. `key` names the sequence across calls (an episode), so a backend may keep its state."""
-
-    key: object
-    token_ids: list[int]
-
-
-@dataclass
-class GenerationOutput:
-    """The sampled continuation and, per token, its log-prob under the sampling distribution."""
-
-    token_ids: list[int]
-    logprobs: list[float] = field(default_factory=list)
-
-
-class GenerationBackend(Protocol):
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationOutput]: ...
-
-    def sync_weights(self, model) -> None: ...
-
-    def release(self) -> None: ...
-
-
-def backend_names() -> list[str]:
-    return sorted(_registry())
-
-
-def _registry() -> dict:
-    from rlagent.rollout.backends.hf import HFBackend
-
-    return {"hf": HFBackend}
+__all__ = ["GenerationBackend", "GenerationOutput", "GenerationRequest", "SamplingParams", "build_backend"]
+BACKENDS = {"hf": HFBackend}  # rollout.backend -> class
 
 
 def build_backend(name: str, model, tokenizer, dtype: str = "auto", prefix_cache: bool = True,
@@ -72,12 +28,11 @@ def build_backend(name: str, model, tokenizer, dtype: str = "auto", prefix_cache
     from rlagent.common.config import ConfigError
     from rlagent.common.precision import NAMED_DTYPES, pick_dtype
 
-    registry = _registry()
-    if name not in registry:
-        raise ConfigError(f"{key}: unknown generation backend {name!r} (known: {', '.join(sorted(registry))})")
+    if name not in BACKENDS:
+        raise ConfigError(f"{key}: unknown generation backend {name!r} (known: {', '.join(sorted(BACKENDS))})")
     if dtype != "model" and dtype != "auto" and dtype not in NAMED_DTYPES:
         raise ConfigError(f"rollout.dtype: unknown dtype {dtype!r} (known: auto, model, {', '.join(NAMED_DTYPES)})")
     device = next(model.parameters()).device
     torch_dtype = None if dtype == "model" else pick_dtype(dtype, device)
-    return registry[name](model, tokenizer.pad_token_id, torch_dtype, prefix_cache=prefix_cache,
+    return BACKENDS[name](model, tokenizer.pad_token_id, torch_dtype, prefix_cache=prefix_cache,
                           reuse_cache=reuse_cache)  # fmt: skip

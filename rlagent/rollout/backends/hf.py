@@ -22,7 +22,7 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
 from rlagent.common.chat import cut_at_eos
-from rlagent.rollout.backends import GenerationOutput, GenerationRequest, SamplingParams
+from rlagent.rollout.backends.base import GenerationOutput, GenerationRequest, SamplingParams
 
 # Sampling knobs a checkpoint's generation_config.json may set (Qwen ships top_k=20, top_p=0.8, repetition_penalty
 # 1.05). HF fills every knob we leave unset from the checkpoint, so each is pinned to its neutral value.
@@ -182,9 +182,9 @@ class HFBackend:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in sequences], device=device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+        config = generation_config(params, self.pad_id)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention, output_logits=True,
-                                  return_dict_in_generate=True, generation_config=generation_config(params,
-                                                                                                   self.pad_id))  # fmt: skip
+                                  return_dict_in_generate=True, generation_config=config)  # fmt: skip
         steps = torch.stack(out.logits, dim=1).float() / params.temperature  # (B, steps, V), raw logits
         new = out.sequences[:, width:]
         logprobs = torch.log_softmax(steps, -1).gather(-1, new[..., None])[..., 0]
@@ -289,6 +289,8 @@ def _prefill_inputs(requests: list, sources: list, pad_id: int, model, max_new_t
     if width_c:
         _load_kv(cache.layers, sources, width_c)
     return input_ids.to(device), position_ids.to(device), attention.to(device), cache
+
+
 class PreallocatedCacheLayer(DynamicLayer):
     """A DynamicLayer that writes new keys/values into a buffer sized for the whole turn instead of concatenating.
 
