@@ -28,7 +28,8 @@ from reward_models.functions import RewardFunctionError, call_reward_functions, 
 from rlagent.algorithms import ppo_core as core
 from rlagent.common.config import ConfigError, parse_args, run_main, save_config
 from rlagent.common.modeling import count_parameters, load_tokenizer
-from rlagent.rollout.engine import ModelPolicy, Trajectory, make_envs, run_episodes
+from rlagent.rollout.decoding import ModelPolicy
+from rlagent.rollout.engine import Trajectory, make_envs, run_episodes
 from rlagent.rollout.schedule import Curriculum, episode_seeds, sample_rows
 from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_checkpoint, save_final
 from rlagent.training.ppo_config import (  # noqa: F401  (re-exported: users import the config from the stage script)

@@ -2,6 +2,7 @@
 """The generation-backend seam: prefix cache on/off give the same tokens, sampler log-probs match the learner's,
 sync_weights refreshes a bf16 copy, unknown backends are config errors, and the TIS weights are applied."""
 
+import copy
 import types
 
 import pytest
@@ -151,3 +152,20 @@ def test_tis_correction_multiplies_the_policy_loss_where_the_sampler_differs():
     weights = torch.tensor([1.0, 2.0, 0.81873075])
     loss, _ = core.policy_loss(new, old, weighted, mask)
     assert float(loss) == pytest.approx(float(sum(w * p for w, p in zip(weights, per_token)) / 3), abs=1e-6)
+
+
+def test_lora_policy_syncs_merged_weights_into_the_bf16_copy(tok):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(build_tiny_model(SMALL, tok, seed=3), LoraConfig(r=4, target_modules=["q_proj"]))
+    with torch.no_grad():  # LoRA's B starts at zero; make the adapter change the weights
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.1)
+    backend = build_backend("hf", peft_model, tok, dtype="bfloat16")
+    assert not hasattr(backend.model, "peft_config")  # a plain model of the merged weights
+    assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    for (name, copied), source in zip(backend.model.named_parameters(), merged.parameters()):
+        assert torch.equal(copied, source.to(torch.bfloat16)), name
+    assert any(p.requires_grad for p in peft_model.parameters())  # the trainer's adapters stay trainable

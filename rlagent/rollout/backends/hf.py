@@ -63,7 +63,7 @@ class HFBackend:
             self.model = model
         elif hasattr(model, "merge_and_unload"):
             self.model = _cast_copy(copy.deepcopy(model).merge_and_unload(), self.dtype)
-        elif self.model is None or self.model is model or type(self.model) is not type(model):
+        elif not _same_layout(self.model, model):  # first sync, or shapes changed (ZeRO-3 gathers its shards)
             self.model = _cast_copy(copy.deepcopy(model), self.dtype)
         else:
             with torch.no_grad():
@@ -235,6 +235,14 @@ def _cast_copy(model, dtype: torch.dtype):
         parameter.grad = None
         parameter.requires_grad_(False)
     return model.eval()
+
+
+def _same_layout(copied, model) -> bool:
+    """`copied` (our inference copy, or None) has `model`'s tensor names and shapes: it can be refreshed in place."""
+    if copied is None or copied is model or type(copied) is not type(model):
+        return False
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    return all(shapes.get(name) == tensor.shape for name, tensor in copied.state_dict().items())
 
 
 def _common_prefix_length(sequences: list[list[int]], limit: int) -> int:
