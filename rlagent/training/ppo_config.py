@@ -42,12 +42,6 @@ class RolloutConfig:
     )
     prefix_cache: bool = doc("Prefill the prompt prefix the episodes share (system prompt, tools) once.", True)
 
-    def __post_init__(self):
-        from rlagent.rollout.backends import BACKENDS
-
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend: unknown generation backend {self.backend!r} (known: {', '.join(BACKENDS)})")
-
 
 @dataclass
 class ScoreConfig:

@@ -169,11 +169,3 @@ def test_lora_policy_syncs_merged_weights_into_the_bf16_copy(tok):
     for (name, copied), source in zip(backend.model.named_parameters(), merged.parameters()):
         assert torch.equal(copied, source.to(torch.bfloat16)), name
     assert any(p.requires_grad for p in peft_model.parameters())  # the trainer's adapters stay trainable
-
-
-def test_unknown_backend_in_a_ppo_config_names_the_key():
-    from rlagent.common.config import load_config
-    from rlagent.training.ppo_config import PPOConfig
-
-    with pytest.raises(ConfigError, match=r"rollout.*backend: unknown generation backend 'vllm' \(known: hf\)"):
-        load_config(PPOConfig, None, ["rollout.backend=vllm"])
