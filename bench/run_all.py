@@ -36,6 +36,7 @@ BEGIN, END = "<!-- run_all: generated, do not edit by hand -->", "<!-- run_all: 
 # name -> extra arguments for a --quick run (rollout_throughput.py, written separately, has no --quick flag).
 BENCHMARKS = {
     "rollout_throughput": ["--episodes", "8", "--sft-steps", "20", "--repeats", "1"],
+    "generation_backends": ["--quick"],
     "ppo_vs_trl_ppo": ["--quick"],
     "ppo_vs_trl_ppo_smollm2": ["--quick"],
     "ppo_vs_trl_ppo_smollm2_bf16": ["--quick"],
@@ -269,6 +270,18 @@ def render_memory_phases(result: dict) -> list[str]:
     return rows
 
 
+def render_generation_backends(r: dict) -> list[str]:
+    rows = [f"{r['env']}, {r['episodes']} episodes, shared prefix {r['prefix_tokens']} tokens:", ""]
+    rows += ["| run | generated tokens/s | CPU s per 1k tokens |", "|---|---|---|"]
+    labels = {"old_engine": "engine, fp32, no prefix cache (old)", "raw_fp32": "raw generate, fp32",
+              "new_engine": "engine, bf16 + prefix cache (new)", "raw_bf16": "raw generate, bf16"}  # fmt: skip
+    for name, label in labels.items():
+        rows.append(f"| {label} | {r[name + '_tokens_per_s']} | {r[name + '_cpu_s_per_1k_tokens']} |")
+    rows.append(f"\nnew / old engine = {r['new_vs_old']}x; new engine / raw bf16 = {r['new_vs_raw_bf16']}x; "
+                f"old engine / raw fp32 = {r['old_vs_raw_fp32']}x.\n")  # fmt: skip
+    return rows
+
+
 def render_kill_resume(r: dict) -> list[str]:
     return [
         f"- {r['stage']}: {r['kills']} kills ({r['kills_in_checkpoint_write']} inside a checkpoint write), "
@@ -304,9 +317,11 @@ RENDERERS = {
     "memory_sharded": render_memory_sharded,
     "sft_real_shape": render_sft_real_shape,
     "memory_phases": render_memory_phases,
+    "generation_backends": render_generation_backends,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
+    "generation_backends": "Rollout generation on SmolLM2-135M: fp32 engine vs bf16 + shared prefix vs raw generate",
     "ppo_vs_trl_ppo": "Single-turn PPO: rlagent vs TRL 1.12 PPOTrainer",
     "ppo_vs_trl_ppo_smollm2": "Single-turn PPO at SmolLM2's shape (vocabulary 49,152, 2 decoder layers) vs TRL 1.12",
     "multiturn_vs_trl_grpo": "Multi-turn Calculator-v0: rlagent PPO / GRPO vs TRL GRPOTrainer",

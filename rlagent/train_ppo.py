@@ -68,6 +68,15 @@ def advantages_for(algo: AlgoConfig, estimator: AdvantageEstimator, inputs: Adva
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def build_sampler(cfg: PPOConfig, model, tokenizer) -> ModelPolicy:
+    """The rollout policy on the configured generation backend (rollout.backend / dtype / prefix_cache)."""
+    if cfg.algo.tis_cap is not None and cfg.algo.tis_cap <= 0:
+        raise ConfigError(f"algo.tis_cap must be > 0 (or null for off), got {cfg.algo.tis_cap}")
+    rollout = cfg.rollout
+    return ModelPolicy(model, tokenizer, rollout.max_new_tokens, rollout.temperature, backend=rollout.backend,
+                       dtype=rollout.dtype, prefix_cache=rollout.prefix_cache)  # fmt: skip
+
+
 def check_shapes(cfg: PPOConfig, world: int) -> int:
     """Episodes per rank; every divisibility rule checked up front with a message naming the fields (the
     micro-batch is derived from optim.batch_size and the process count, see check_batch_shape)."""
@@ -175,7 +184,7 @@ class PPOTrainer:
         self.envs = build_training_envs(cfg.env, per_env, cfg.seed * 1009 + self.rank)
         self.env_names = [env_id for env_id in cfg.env.ids for _ in range(per_env)]
         unwrapped = self.accelerator.unwrap_model(self.policy)
-        self.sampler = ModelPolicy(unwrapped, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.temperature)
+        self.sampler = build_sampler(cfg, unwrapped, self.tokenizer)
         self.tracker = Tracker.for_run(cfg, self.accelerator.is_main_process, resume_step=self.start)
 
     def _build_models(self) -> None:
@@ -273,7 +282,7 @@ class PPOTrainer:
         # ZeRO-3 shards the parameters: gather them for generation (TRL's unwrapped-model pattern); otherwise this
         # just unwraps DDP.
         with unwrap_model_for_generation(self.policy, self.accelerator) as unwrapped:
-            self.sampler.model = unwrapped
+            self.sampler.sync_weights(unwrapped)  # the backend samples from the weights of the last update
             traj = run_episodes(
                 self.sampler,
                 self.envs,
@@ -365,7 +374,7 @@ class PPOTrainer:
             "policy_mask": it.policy_mask,
             "old_logprobs": it.old_logprobs,
             "old_values": it.old_values,
-            "advantages": it.advantages,
+            "advantages": self.importance_weighted(it),
             "returns": it.returns,
         }
         train_policy = it.step - 1 >= self.cfg.value.warmup_iterations
@@ -383,6 +392,17 @@ class PPOTrainer:
         )
         self.scheduler.step()
         it.t_train = time.time() - t1
+
+    def importance_weighted(self, it: Iteration) -> torch.Tensor:
+        """The advantages, times the truncated importance-sampling weights when algo.tis_cap is set.
+
+        The weights are >= 0 and carry no gradient, so scaling A by w scales the clipped (and dual-clipped)
+        per-token loss max(-A r, -A clip(r)) by w exactly: the correction multiplies the policy-gradient loss.
+        """
+        if self.cfg.algo.tis_cap is None:
+            return it.advantages
+        sampler = it.traj.sampler_logprobs.to(it.old_logprobs.device)
+        return it.advantages * core.tis_weights(it.old_logprobs, sampler, self.cfg.algo.tis_cap)
 
     # 7. KL controller (per-episode summed KL, batch mean) and curriculum.
     def controllers(self, it: Iteration) -> None:
@@ -426,6 +446,9 @@ class PPOTrainer:
         if self.value is not None and not it.skipped and bool(mask.any()):
             out["val/explained_variance"] = float(core.explained_variance(it.old_values, it.returns, mask))
             out["val/mean"] = float(core.masked_mean(it.old_values, mask))
+        if not it.skipped:  # sampler (generation backend) vs learner log-probs on the trained tokens
+            sampler = it.traj.sampler_logprobs.to(it.old_logprobs.device)
+            out.update(core.sampler_mismatch(it.old_logprobs, sampler, mask))
         out["train/skipped_iteration"] = float(it.skipped)
         return out
 

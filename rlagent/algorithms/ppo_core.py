@@ -364,6 +364,36 @@ def policy_loss(
     return loss, stats
 
 
+def tis_weights(learner_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weights min(exp(learner - sampler), cap) for tokens drawn by the sampler.
+
+    The rollout backend (a bf16 copy, another engine) samples from a slightly different distribution than the
+    learner scores; weighting each token's policy-gradient loss by this ratio, capped, corrects for it (Yao et al.
+    2025, TRL `vllm_importance_sampling_correction`). The log-ratio is clamped to [-20, 20] before exp.
+    Shape: (B, T), (B, T) -> (B, T), no gradient.
+    """
+    with torch.no_grad():
+        return (learner_logprobs - sampler_logprobs).clamp(-20.0, 20.0).exp().clamp(max=cap)
+
+
+def sampler_mismatch(learner_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How far the sampler's log-probs are from the learner's on the policy tokens (floats; zeros if none).
+
+    logprob_diff_mean / _max: mean and max of |learner - sampler|; sampler_kl: the k3 estimate of KL(sampler ||
+    learner) per token, (r - 1) - log r with r = exp(learner - sampler), unbiased for samples from the sampler.
+    Shape: (B, T) each.
+    """
+    mask = mask.bool()
+    if not bool(mask.any()):
+        return {"rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0, "rollout/sampler_kl": 0.0}
+    log_ratio = (learner_logprobs - sampler_logprobs).double()[mask]
+    return {
+        "rollout/logprob_diff_mean": float(log_ratio.abs().mean()),
+        "rollout/logprob_diff_max": float(log_ratio.abs().max()),
+        "rollout/sampler_kl": float((log_ratio.exp() - 1 - log_ratio).mean()),
+    }
+
+
 def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,

@@ -124,12 +124,18 @@ def evaluate_policy(
     max_new_tokens: int = 96,
     max_total_tokens: int = 1024,
     wrappers: str | None = None,
+    dtype: str = "auto",
 ) -> dict:
     """Success statistics of `model` on `episodes` test-split episodes (episode i reset with seed + i).
 
-    `model` is an HF causal LM (wrapped in a ModelPolicy) or anything with `act(episodes)` (e.g. a TextPolicy).
+    `model` is an HF causal LM (wrapped in a ModelPolicy on the hf backend whose weights are in `dtype`, 'auto' =
+    bf16 where the hardware has it) or anything with `act(episodes)` (e.g. a TextPolicy).
     """
-    policy = model if hasattr(model, "act") else ModelPolicy(model, tokenizer, max_new_tokens, temperature, greedy)
+    policy = (
+        model
+        if hasattr(model, "act")
+        else ModelPolicy(model, tokenizer, max_new_tokens, temperature, greedy, dtype=dtype)
+    )
     t0 = time.time()
     batches = play(policy, tokenizer, env_id, episodes, seed, "test", batch_size, max_total_tokens, wrappers)
     records = [record for traj in batches for record in episode_records(traj, env_id)]

@@ -181,7 +181,10 @@ def evaluate_both(args: argparse.Namespace) -> dict:
     policies = {name: os.path.join(args.output_dir, name, "final") for name in names}
     if is_real_model(args):
         policies = {"zero_shot": args.model, **policies}
-    return evaluate_sft_vs_ppo(policies, ppo_env_ids(args), args.eval_episodes, seed=args.seed + 10_000)
+    # The tiny default samples in fp32 like it trains (configs/quickstart pin float32: the same table on every CPU);
+    # a real model in the dtype `auto` picks (bf16 where the hardware has it).
+    dtype = "auto" if is_real_model(args) else "float32"
+    return evaluate_sft_vs_ppo(policies, ppo_env_ids(args), args.eval_episodes, seed=args.seed + 10_000, dtype=dtype)
 
 
 def ppo_env_ids(args: argparse.Namespace) -> list[str]:
@@ -193,7 +196,9 @@ def ppo_env_ids(args: argparse.Namespace) -> list[str]:
         return list(yaml.safe_load(handle)["env"]["ids"])
 
 
-def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: int, seed: int) -> dict:
+def evaluate_sft_vs_ppo(
+    policies: dict[str, str], env_ids: list[str], episodes: int, seed: int, dtype: str = "auto"
+) -> dict:
     """{env: row} for the model folders policies["sft"] and policies["ppo"] (and "zero_shot", "sft_control" when
     given) on the same test episodes.
 
@@ -211,7 +216,9 @@ def evaluate_sft_vs_ppo(policies: dict[str, str], env_ids: list[str], episodes: 
         row = {}
         for suffix, greedy in (("", True), ("_sampled", False)):
             for name, (model, tok) in loaded.items():
-                row[name + suffix] = evaluate_policy(model, tok, env_id, episodes, seed=seed, greedy=greedy)
+                row[name + suffix] = evaluate_policy(
+                    model, tok, env_id, episodes, seed=seed, greedy=greedy, dtype=dtype
+                )
             sft = row["sft" + suffix]
             for name in loaded:
                 if name != "sft":

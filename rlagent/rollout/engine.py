@@ -52,6 +52,9 @@ class Trajectory:
     tools: list = field(default_factory=list)  # per episode: the tool schemas the policy was shown
     seeds: list[int] = field(default_factory=list)  # per episode: the reset seed
     extras: dict = field(default_factory=dict)
+    # (B, T) log-prob of each policy token under the sampler's distribution (the generation backend's, at the
+    # rollout temperature), aligned like the learner's token log-probs; 0 elsewhere and for text policies.
+    sampler_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -68,8 +71,7 @@ class _Episode:
     tools: list
     task: dict
     actor: Callable | None = None  # per-episode state of a TextPolicy (e.g. a noisy expert's RNG)
-    kv: list | None = None  # ModelPolicy: per layer (keys, values) of tokens[:cached_tokens], shape (heads, t, dim)
-    cached_tokens: int = 0
+    sampler_logprobs: list[float] = field(default_factory=list)  # per token: its sampling log-prob (0 if none)
     done: bool = False
     reward: float = 0.0
     success: bool = False
@@ -94,15 +96,17 @@ def _reset_all(envs: list, seeds: list[int], options: list, tokenizer) -> list[_
     episodes = []
     for env, seed, info, prompt in zip(envs, seeds, infos, encode_many(tokenizer, texts)):
         spans = [(0, len(prompt), "prompt")]
-        episodes.append(_Episode(env, seed, prompt, [0] * len(prompt), spans, list(info["messages"]),
-                                 info.get("tools"), info.get("task", {})))  # fmt: skip
+        episode = _Episode(env, seed, prompt, [0] * len(prompt), spans, list(info["messages"]), info.get("tools"),
+                           info.get("task", {}), sampler_logprobs=[0.0] * len(prompt))  # fmt: skip
+        episodes.append(episode)
     return episodes
 
 
-def _append(ep: _Episode, ids: list[int], is_policy: bool) -> None:
+def _append(ep: _Episode, ids: list[int], is_policy: bool, logprobs: list[float] | None = None) -> None:
     start = len(ep.tokens)
     ep.tokens += ids
     ep.policy_mask += [int(is_policy)] * len(ids)
+    ep.sampler_logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
     ep.spans.append((start, len(ep.tokens), "policy" if is_policy else "env"))
 
 
@@ -141,18 +145,19 @@ def truncation_penalty(env) -> float:
     return float(rewards["truncated"])
 
 
-def _step(ep: _Episode, ids: list[int], eos_id: int, tokenizer, token_budget: int) -> None:
-    """Feed one generated turn to the environment and append its reply as non-policy tokens."""
+def _step(ep: _Episode, output, eos_id: int, tokenizer, token_budget: int) -> None:
+    """Feed one generated turn (token ids, or a GenerationOutput with their sampling log-probs) to the environment
+    and append its reply as non-policy tokens."""
+    ids, logprobs = (output, None) if isinstance(output, list) else (output.token_ids, output.logprobs or None)
     has_eos = bool(ids) and ids[-1] == eos_id
     ep.missing_eos |= not has_eos
-    _append(ep, ids, True)
+    _append(ep, ids, True, logprobs)
     text = tokenizer.decode(ids[:-1] if has_eos else ids, skip_special_tokens=False)
     _, reward, terminated, truncated, info = ep.env.step(text)
     _record(ep, reward, info)
     ep.messages = list(info["messages"])
     if terminated or truncated:
         ep.done, ep.truncated, ep.success = True, bool(truncated and not terminated), bool(info.get("success", False))
-        ep.kv = None  # free the cache
         return
     env_messages = list(info["env_messages"])
     history = ep.messages[: len(ep.messages) - len(env_messages)]
@@ -162,7 +167,6 @@ def _step(ep: _Episode, ids: list[int], eos_id: int, tokenizer, token_budget: in
     reply = forced + render_env_reply(tokenizer, history, env_messages, ep.tools, context=ep.tokens + forced)
     if len(ep.tokens) + len(reply) > token_budget:
         _truncate(ep)
-        ep.kv = None
         return
     _append(ep, reply, False)
 
@@ -186,9 +190,11 @@ def run_episodes(policy, envs: list, seeds: list[int], tokenizer, options: list[
             f"max_total_tokens={max_total_tokens}"
         )
     while active := [ep for ep in episodes if not ep.done]:
-        for ep, ids in zip(active, policy.act(active)):
-            generated += len(ids)
-            _step(ep, ids, eos_id, tokenizer, token_budget)
+        for ep, output in zip(active, policy.act(active)):
+            generated += len(output if isinstance(output, list) else output.token_ids)
+            _step(ep, output, eos_id, tokenizer, token_budget)
+    if hasattr(policy, "release"):  # the backend's per-episode caches are of no further use
+        policy.release()
     mismatch = render_mismatches(tokenizer, episodes) if sanity_check else [False] * len(episodes)
     return _collate(episodes, tokenizer.pad_token_id, mismatch, generated, time.time() - t0)
 
@@ -196,6 +202,7 @@ def run_episodes(policy, envs: list, seeds: list[int], tokenizer, options: list[
 def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], generated: int, seconds: float):
     input_ids, attention = right_pad([ep.tokens for ep in episodes], pad_id)
     policy_mask, _ = right_pad([ep.policy_mask for ep in episodes], 0.0, torch.float32)
+    sampler_logprobs, _ = right_pad([ep.sampler_logprobs for ep in episodes], 0.0, torch.float32)
 
     def per_episode(attr):
         return torch.tensor([float(getattr(ep, attr)) for ep in episodes])
@@ -209,7 +216,7 @@ def _collate(episodes: list[_Episode], pad_id: int, mismatch: list[bool], genera
         reward_components=[ep.components for ep in episodes], spans=[ep.spans for ep in episodes],
         messages=[ep.messages for ep in episodes], tasks=[ep.task for ep in episodes], render_mismatch=mismatch,
         generated_tokens=generated, seconds=seconds, tools=[ep.tools for ep in episodes],
-        seeds=[ep.seed for ep in episodes],
+        seeds=[ep.seed for ep in episodes], sampler_logprobs=sampler_logprobs,
     )  # fmt: skip
 
 

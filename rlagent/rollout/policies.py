@@ -74,6 +74,14 @@ def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) 
     parser.add_argument(
         "--batch-size", type=arg_type(int, AT_LEAST_ONE), default=64, help="Episodes played at once by the engine."
     )
+    parser.add_argument("--backend", default="hf", help="Generation backend (model policies).")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="Sampling weights' dtype (auto: bf16 where the hardware computes it natively).",
+    )
+    parser.add_argument("--no-prefix-cache", action="store_true", help="Prefill each prompt in full.")
 
 
 def random_actor(seed: int) -> Callable[[list[dict], dict], str]:
@@ -120,7 +128,8 @@ def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
         make = scripted_actor(args.noise) if spec == "scripted" else random_actor
         return TextPolicy(make, tokenizer, per_episode=True), tokenizer
     model, tokenizer = load_eval_model(spec, args.seed)
-    policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy)
+    policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy, backend=args.backend,
+                         dtype=args.dtype, prefix_cache=not args.no_prefix_cache, key="--backend")  # fmt: skip
     return policy, tokenizer
 
 

@@ -51,6 +51,13 @@ class RolloutConfig:
         "Sampling temperature; the same value divides logits in every log-prob pass.", 1.0, range=POSITIVE
     )
     max_total_tokens: int = doc("Longest episode (prompt + all turns) in tokens.", 1024, range=AT_LEAST_ONE)
+    backend: str = doc("Generation backend (rlagent.rollout.backends): hf.", "hf")
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "The sampler's weights: a copy in this dtype refreshed after every update ('auto': bf16 where the hardware "
+        "computes it natively, else fp32); the trainer's dtype shares its module.",
+        "auto",
+    )
+    prefix_cache: bool = doc("Prefill the prompt prefix the episodes share (system prompt, tools) once.", True)
 
 
 @dataclass
@@ -115,6 +122,12 @@ class AlgoConfig:
         "Dual-clip constant c > 1 for negative advantages (null = off).",
         None,
         range=Range(1, None, low_inclusive=False),
+    )
+    tis_cap: float | None = doc(
+        "Truncated importance sampling: weight each policy token's loss by min(exp(old - sampler log-prob), cap), "
+        "correcting for a sampler that differs from the learner (bf16 copy); null = off.",
+        None,
+        range=POSITIVE,
     )
     value_clip_eps: float | None = doc("Value clip around the old values (null = off).", 0.2, range=POSITIVE)
     vf_coef: float = doc("Weight of the value loss.", 0.5, range=NON_NEGATIVE)
