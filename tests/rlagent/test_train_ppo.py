@@ -270,6 +270,9 @@ class ScriptedTurns:
             turns.append([self.digit] * (self.max_new_tokens - 1) + [self.eos if ends else self.digit])
         return turns
 
+    def sync_weights(self, model) -> None:  # the trainer refreshes its sampler after every update: nothing to copy
+        pass
+
 
 class Recorder(Callback):
     def __init__(self):
