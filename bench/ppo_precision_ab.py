@@ -9,8 +9,7 @@ Both sides are the real `rlagent ppo` on the shipped config with the stock SmolL
 (`reward.model_path=null reward.rm_weight=0 value.init=policy`: env reward only, so no earlier stage is needed),
 same seed, run by bench/lockstep.py one iteration at a time, alternating. Reported per side: median seconds and
 CPU-seconds per iteration, split into rollout (generation) and PPO training, and the fp32/auto ratio of each.
-Generation is timed apart: its speed comes from the rollout backend, which reads model.dtype through
-rlagent.common.precision.compute_dtype.
+Generation is timed apart: its speed comes from the rollout backend (rollout.dtype, rollout.prefix_cache).
 """
 
 from __future__ import annotations
@@ -27,7 +26,12 @@ from report import banner, emit, uptime
 
 BENCH = "ppo_precision_ab"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIDES = {"fp32": "float32", "auto": "auto"}
+# side -> overrides: "fp32" is what c874d7b did on every CPU (fp32 training, sampling from the trainer's fp32 weights,
+# every prompt prefilled in full); "auto" is today's default (bf16 autocast, bf16 sampling copy, shared prefix).
+SIDES = {
+    "fp32": ["model.dtype=float32", "rollout.dtype=float32", "rollout.prefix_cache=false"],
+    "auto": ["model.dtype=auto", "rollout.dtype=auto", "rollout.prefix_cache=true"],
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +56,7 @@ def overrides(args, side: str, folder: str) -> list[str]:
         os.path.join(REPO, "configs", "smollm2", "ppo.yaml"),
         f"output_dir={folder}/{side}",
         "model.name_or_path=smollm2-135m-instruct",
-        f"model.dtype={SIDES[side]}",
+        *SIDES[side],
         "reward.model_path=null",
         "reward.rm_weight=0",
         "value.init=policy",
