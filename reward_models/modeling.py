@@ -17,7 +17,8 @@ from transformers.utils import logging as hf_logging
 from rlagent.common.chat_templates import sync_model_with_tokenizer
 from rlagent.common.config import ModelConfig, TinyModelConfig
 from rlagent.common.model_sources import is_adapter_folder
-from rlagent.common.modeling import TINY, load_pretrained_causal_lm, model_path, resolve_dtype
+from rlagent.common.modeling import TINY, load_pretrained_causal_lm, model_path
+from rlagent.common.precision import weight_dtype
 from rlagent.common.tiny import tiny_llama_config
 
 
@@ -62,7 +63,7 @@ def load_reward_backbone(cfg: ModelConfig, tokenizer, seed: int):
     if cfg.name_or_path == TINY:
         model = build_tiny_reward_model(cfg.tiny, tokenizer, seed)
     else:
-        path, dtype = model_path(cfg.name_or_path), resolve_dtype(cfg.dtype)
+        path, dtype = model_path(cfg.name_or_path), weight_dtype(cfg.dtype)
         keep_head = not is_adapter_folder(path) and is_reward_model_folder(path)
         if is_adapter_folder(path):
             model = _classifier_from_causal_lm(load_pretrained_causal_lm(cfg.name_or_path, dtype))
@@ -72,7 +73,7 @@ def load_reward_backbone(cfg: ModelConfig, tokenizer, seed: int):
             init_score_head(model, seed)
         sync_model_with_tokenizer(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(resolve_dtype(cfg.dtype))
+    return model.to(weight_dtype(cfg.dtype))
 
 
 def _load_classifier(path: str, dtype: torch.dtype, quiet: bool):

@@ -70,8 +70,6 @@ def advantages_for(algo: AlgoConfig, estimator: AdvantageEstimator, inputs: Adva
 
 def build_sampler(cfg: PPOConfig, model, tokenizer) -> ModelPolicy:
     """The rollout policy on the configured generation backend (rollout.backend / dtype / prefix_cache)."""
-    if cfg.algo.tis_cap is not None and cfg.algo.tis_cap <= 0:
-        raise ConfigError(f"algo.tis_cap must be > 0 (or null for off), got {cfg.algo.tis_cap}")
     rollout = cfg.rollout
     return ModelPolicy(model, tokenizer, rollout.max_new_tokens, rollout.temperature, backend=rollout.backend,
                        dtype=rollout.dtype, prefix_cache=rollout.prefix_cache)  # fmt: skip

@@ -32,12 +32,6 @@ from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
 FIXUPS_KEY = "rlagent_tokenizer_fixups"
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """Weight dtype of a model.dtype (rlagent.common.precision.weight_dtype): fp32 master weights for 'auto', whose
-    bf16 comes from autocast (rlagent.training.setup.make_accelerator); an explicit name is the weights' dtype."""
-    return weight_dtype(name)
-
-
 def check_local_path(name_or_path: str, key: str = "model.name_or_path") -> None:
     """No network at run time: anything but 'tiny' or an existing local folder gets a one-line, actionable error
     that says what the path is (a file, a stage output not written yet, a hub id)."""
@@ -143,9 +137,9 @@ def load_causal_lm(cfg: ModelConfig, tokenizer, seed: int) -> PreTrainedModel:
     if cfg.name_or_path == TINY:
         model = build_tiny_model(cfg.tiny, tokenizer, seed)
     else:
-        model = load_pretrained_causal_lm(cfg.name_or_path, resolve_dtype(cfg.dtype))
+        model = load_pretrained_causal_lm(cfg.name_or_path, weight_dtype(cfg.dtype))
         sync_model_with_tokenizer(model, tokenizer)
-    return model.to(resolve_dtype(cfg.dtype))
+    return model.to(weight_dtype(cfg.dtype))
 
 
 def load_pretrained_causal_lm(name_or_path: str, dtype: torch.dtype, key: str = "model.name_or_path"):

@@ -54,9 +54,3 @@ def training_autocast(name: str, device: torch.device | str) -> bool:
 def mixed_precision_mode(name: str, device: torch.device | str) -> str:
     """accelerate's `mixed_precision` for a model.dtype: 'bf16' when training autocasts, else 'no'."""
     return "bf16" if training_autocast(name, device) else "no"
-
-
-def compute_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """The dtype matmuls run in on `device` (generation backends cast their weight copy to it): bf16 for 'auto'
-    where native, else the named dtype."""
-    return pick_dtype(name, device)

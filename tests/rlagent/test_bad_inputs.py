@@ -125,6 +125,7 @@ CASES = [
     ("ppo-temperature-negative", ["ppo", "rollout.temperature=-1"], ["'rollout.temperature' must be > 0"]),
     ("ppo-gamma", ["ppo", "algo.gamma=1.5"], ["'algo.gamma' must be in [0, 1]", "1.5"]),
     ("ppo-dual-clip", ["ppo", "algo.dual_clip=0.5"], ["'algo.dual_clip' must be > 1"]),
+    ("ppo-tis-cap", ["ppo", "algo.tis_cap=0"], ["'algo.tis_cap' must be > 0"]),
     ("sft-warmup", ["sft", "optim.warmup_ratio=2"], ["'optim.warmup_ratio' must be in [0, 1]"]),
     ("sft-seed-negative", ["sft", "seed=-1"], ["'seed' must be >= 0"]),
     ("sft-report-to", ["sft", "report_to=[jsonl,mlflow]"], ["'report_to[1]' must be 'jsonl' | 'wandb'"]),

@@ -38,7 +38,7 @@ def test_auto_keeps_fp32_weights_and_autocasts_only_where_native(monkeypatch, na
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     assert precision.weight_dtype("auto") == torch.float32
     assert precision.mixed_precision_mode("auto", "cpu") == ("bf16" if native else "no")
-    assert precision.compute_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert precision.pick_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
     # Explicit names never autocast: float32 = plain fp32, bfloat16 = bf16 weights.
     assert precision.mixed_precision_mode("float32", "cpu") == "no"
     assert precision.mixed_precision_mode("bfloat16", "cpu") == "no"
