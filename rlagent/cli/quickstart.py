@@ -4,11 +4,12 @@ Runs the three stage scripts in this process with configs/quickstart/*.yaml (out
 --output-dir), then evaluates the SFT and PPO policies on the TEST split of each environment and prints success with
 95 % Wilson intervals and the Fisher-exact p-value of the difference. Writes DIR/summary.json as
 {"rlagent/Calculator-v0": {"sft": {...}, "ppo": {...}, "difference": ..., "p_value": ...}, ...} (greedy decoding),
-plus the same for sampling at temperature 1: "sft_sampled", "ppo_sampled", "difference_sampled", "p_value_sampled".
+plus the same for sampling at temperature 1: "sft_sampled", "ppo_sampled", "difference_sampled", "p_value_sampled"
+(`--decodings`: the tiny default evaluates both, a real model greedy only unless asked).
 
 `--model smollm2-135m-instruct` (or a .gguf file, or a Hugging Face folder with a ChatML-style template) runs the same
 pipeline on that pretrained model with configs/smollm2/*.yaml (LoRA in every stage), and adds the untouched model as
-a "zero_shot" row (and "zero_shot_sampled") beside "sft" and "ppo" for each environment.
+a "zero_shot" row beside "sft" and "ppo" for each environment.
 
 Every policy plays the same test episodes (episode i reset with seed SEED+10000+i), so besides Fisher's test
 ("p_value", the contract) each comparison has the paired exact McNemar test on those episodes ("p_value_mcnemar",
@@ -33,6 +34,8 @@ CONFIG_DIR = os.path.join(CONFIGS, "quickstart")
 REAL_MODEL_CONFIG_DIR = os.path.join(CONFIGS, "smollm2")  # LoRA settings sized for SmolLM2-135M; any model fits them
 ENV_IDS = ["rlagent/Calculator-v0", "rlagent/KBSearch-v0"]  # the tiny quickstart's (configs/quickstart/ppo.yaml)
 POLICY_ORDER = ("zero_shot", "sft", "sft_control", "ppo")
+# Decoding name -> (row-name suffix, greedy?, table label).
+DECODINGS = {"greedy": ("", True, "greedy"), "sampled": ("_sampled", False, "T=1")}
 POLICY_LABELS = {"zero_shot": "zero-shot", "sft": "SFT", "sft_control": "SFT control", "ppo": "PPO"}
 
 
@@ -57,6 +60,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Also run an SFT control: SFT continued from the SFT policy for as long as PPO ran; a row in the table.",
     )
+    # Sampled rows double the evaluation; on a real model that is ~15 of the 60 CPU minutes, so greedy only there.
+    parser.add_argument(
+        "--decodings",
+        default=None,
+        help="Comma list of greedy,sampled: the evaluation's rows (default greedy,sampled; greedy for --model).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed for every stage and the evaluation.")
     parser.add_argument("--smoke", action="store_true", help="Minutes-scale settings for tests (numbers mean little).")
     parser.add_argument("--report-to", default="jsonl", help="Comma list: jsonl,wandb,tensorboard.")
@@ -66,6 +75,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.output_dir = "runs/quickstart" if args.model == "tiny" else f"runs/quickstart-{name}"
     if args.eval_episodes is None:
         args.eval_episodes = 500 if args.model == "tiny" else 200
+    if args.decodings is None:
+        args.decodings = "greedy,sampled" if args.model == "tiny" else "greedy"
+    args.decodings = [name for name in args.decodings.split(",") if name]
+    if not args.decodings or set(args.decodings) - set(DECODINGS):
+        parser.error(f"--decodings: expected a comma list of {', '.join(DECODINGS)}, got {args.decodings}")
     return args
 
 
@@ -184,7 +198,9 @@ def evaluate_both(args: argparse.Namespace) -> dict:
     # The tiny default samples in fp32 like it trains (configs/quickstart pin float32: the same table on every CPU);
     # a real model in the dtype `auto` picks (bf16 where the hardware has it).
     dtype = "auto" if is_real_model(args) else "float32"
-    return evaluate_sft_vs_ppo(policies, ppo_env_ids(args), args.eval_episodes, seed=args.seed + 10_000, dtype=dtype)
+    return evaluate_sft_vs_ppo(
+        policies, ppo_env_ids(args), args.eval_episodes, seed=args.seed + 10_000, dtype=dtype, decodings=args.decodings
+    )
 
 
 def ppo_env_ids(args: argparse.Namespace) -> list[str]:
@@ -197,7 +213,12 @@ def ppo_env_ids(args: argparse.Namespace) -> list[str]:
 
 
 def evaluate_sft_vs_ppo(
-    policies: dict[str, str], env_ids: list[str], episodes: int, seed: int, dtype: str = "auto"
+    policies: dict[str, str],
+    env_ids: list[str],
+    episodes: int,
+    seed: int,
+    dtype: str = "auto",
+    decodings: tuple[str, ...] = ("greedy", "sampled"),
 ) -> dict:
     """{env: row} for the model folders policies["sft"] and policies["ppo"] (and "zero_shot", "sft_control" when
     given) on the same test episodes.
@@ -205,7 +226,8 @@ def evaluate_sft_vs_ppo(
     Greedy decoding is the headline ("sft", "ppo"); sampling at temperature 1 ("sft_sampled", "ppo_sampled") is the
     policy PPO actually optimises, so both are reported, each with its own p-values, Fisher and paired McNemar (PPO
     vs SFT: "p_value", "p_value_mcnemar"). Every other policy's result gets its own comparison with SFT
-    (rlagent.cli.evaluate.compare) inside it; with a control, "ppo_vs_control" compares PPO with it.
+    (rlagent.cli.evaluate.compare) inside it; with a control, "ppo_vs_control" compares PPO with it. `decodings`
+    picks which of the two (DECODINGS) are run.
     """
     from rlagent.cli.evaluate import compare, evaluate_policy
     from rlagent.rollout.policies import load_eval_model
@@ -214,7 +236,7 @@ def evaluate_sft_vs_ppo(
     results = {}
     for env_id in env_ids:
         row = {}
-        for suffix, greedy in (("", True), ("_sampled", False)):
+        for suffix, greedy, _ in (DECODINGS[name] for name in decodings):
             for name, (model, tok) in loaded.items():
                 row[name + suffix] = evaluate_policy(
                     model, tok, env_id, episodes, seed=seed, greedy=greedy, dtype=dtype
@@ -238,7 +260,7 @@ def print_table(results: dict, seconds: dict, title: str = "") -> None:
 
     lines = []
     for env_id, row in results.items():
-        for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
+        for suffix, _, decoding in DECODINGS.values():
             for name in [name for name in POLICY_ORDER if name + suffix in row]:
                 lead = [env_id.removeprefix("rlagent/"), POLICY_LABELS[name], decoding]
                 lines.append((lead, row[name + suffix], p_cells(row[name + suffix])))
@@ -249,7 +271,7 @@ def print_table(results: dict, seconds: dict, title: str = "") -> None:
     print("p: two-sided tests against the SFT row on the same episodes: Fisher exact (unpaired) and exact McNemar")
     print("   (paired; a:b = episodes only SFT solved : episodes only this policy solved)")
     for env_id, row in results.items():
-        for suffix, decoding in (("", "greedy"), ("_sampled", "T=1")):
+        for suffix, _, decoding in DECODINGS.values():
             if "ppo_vs_control" + suffix in row:
                 c = row["ppo_vs_control" + suffix]
                 print(f"PPO vs SFT control, {env_id.removeprefix('rlagent/')} {decoding}: {c['difference']:+.1%}, "

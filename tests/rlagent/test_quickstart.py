@@ -106,3 +106,16 @@ def test_quickstart_smoke_with_control(tmp_path):
         assert row["sft_control"]["episode_seeds"] == row["ppo"]["episode_seeds"] == row["sft"]["episode_seeds"]
         assert set(row["ppo_vs_control"]) >= {"difference", "p_value", "p_value_mcnemar", "discordant"}
         assert 0.0 <= row["p_value_mcnemar"] <= 1.0 and 0.0 <= row["p_value_mcnemar_sampled"] <= 1.0
+
+
+def test_decodings_default_by_model_and_bad_names_are_errors(capsys):
+    """The tiny default evaluates greedy and sampled rows; a real model greedy only (the budget); a typo is an error
+    that names the option."""
+    from rlagent.cli import quickstart
+
+    assert quickstart.parse([]).decodings == ["greedy", "sampled"]
+    assert quickstart.parse(["--model", "smollm2-135m-instruct"]).decodings == ["greedy"]
+    assert quickstart.parse(["--model", "x.gguf", "--decodings", "sampled,greedy"]).decodings == ["sampled", "greedy"]
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse(["--decodings", "greedy,beam"])
+    assert exit_info.value.code == 2 and "--decodings" in capsys.readouterr().err

@@ -96,12 +96,14 @@ def test_load_tokenizer_fixes_smollm2_and_prints_once(truncated, capsys):
 
 @pytest.mark.slow
 def test_quickstart_on_the_full_smollm2(tmp_path):
-    """The whole 30-layer model, a few steps per stage, zero-shot row included."""
+    """The whole 30-layer model, a few steps per stage, zero-shot row included; a real model evaluates greedy only
+    unless --decodings asks for more."""
     require_smollm2()
     proc = run_cli("rlagent", "quickstart", "--model", "smollm2-135m-instruct", "--smoke", "--eval-episodes", "2",
                    "--output-dir", str(tmp_path), timeout=3600)  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
     for env_id in ("rlagent/Calculator-hard-v0", "rlagent/KBSearch-hard-v0"):  # configs/smollm2's env ids
-        for policy in ("zero_shot", "sft", "ppo", "zero_shot_sampled", "sft_sampled", "ppo_sampled"):
+        for policy in ("zero_shot", "sft", "ppo"):
             assert summary[env_id][policy]["episodes"] == 2
+        assert "sft_sampled" not in summary[env_id]
     assert "zero-shot" in proc.stdout
