@@ -1,6 +1,7 @@
 """GPU check of the real-model track: SmolLM2-135M-Instruct through SFT -> reward model -> PPO (LoRA, bf16 on a GPU),
 with seconds, tokens/s and peak GPU memory per stage and held-out success of the PPO policy; then one PPO iteration
-under each accelerate launcher config (DDP, FSDP, DeepSpeed ZeRO-2) with --num_processes 1, reporting which worked;
+under each accelerate launcher config (DDP, FSDP, DeepSpeed ZeRO-2) with --num_processes 1 (one SFT step under FSDP,
+where PPO is a config error), reporting which worked;
 last, GSM8K with the calculator (envs/gsm8k.py): SFT of the model on expert replays of GSM8K annotations, then its
 held-out success. --gsm8k PATH names GSM8K-format data (a file, a folder with train/test files; the GPU machine is
 offline, so no Hub id there); the default is $RLAGENT_GSM8K, else the 12-problem test fixture (a check that the path
@@ -142,7 +143,8 @@ def held_out(out: str, episodes: int, results: list) -> None:
 
 
 def launcher_checks(out: str, size: dict, results: list) -> None:
-    """One PPO iteration under each accelerate config, one process; a failure is reported, never raised."""
+    """One PPO iteration under the DDP and ZeRO-2 configs and one SFT step under FSDP (PPO refuses FSDP: sharded
+    generation deadlocks), one process each; a failure is reported, never raised."""
     if not torch.cuda.is_available():
         emit(results, {"launchers": "skipped: no GPU (the accelerate configs are GPU configs)"})
         return
@@ -152,16 +154,19 @@ def launcher_checks(out: str, size: dict, results: list) -> None:
             if pip.returncode != 0:
                 emit(results, {"launcher": name, "ok": False, "why": "pip install deepspeed failed (offline?)"})
                 continue
+        stage = "sft" if name == "fsdp" else "ppo"
         inputs = [f"model.name_or_path={out}/sft/final", f"reward.model_path={out}/reward/final"]
-        argv = stage_argv("ppo", f"{out}/launch-{name}", {"ppo": size["ppo"] + ["max_steps=1"]}, inputs)
+        inputs = [f"model.name_or_path={MODEL}"] if stage == "sft" else inputs
+        argv = stage_argv(stage, f"{out}/launch-{name}", {stage: size[stage] + ["max_steps=1"]}, inputs)
         cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
                os.path.join(CONFIGS, "accelerate", f"{name}.yaml"), "--num_processes", "1",
-               os.path.join(ROOT, "rlagent", "train_ppo.py"), *argv]  # fmt: skip
+               os.path.join(ROOT, "rlagent", f"train_{stage}.py"), *argv]  # fmt: skip
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         last = (proc.stderr.strip().splitlines() or [""])[-1][:300]
-        emit(results, {"launcher": name, "ok": proc.returncode == 0, "seconds": round(time.time() - t0, 1),
-                       "why": None if proc.returncode == 0 else last})  # fmt: skip
+        why = None if proc.returncode == 0 else last
+        emit(results, {"launcher": name, "stage": stage, "ok": proc.returncode == 0,
+                       "seconds": round(time.time() - t0, 1), "why": why})  # fmt: skip
 
 
 def gsm8k_check(out: str, size: dict, source: str, results: list) -> None:
