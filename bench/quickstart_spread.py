@@ -4,6 +4,7 @@
     python bench/quickstart_spread.py --settings default,avx512 --seeds 0 --steps 500 --episodes 100
     python bench/quickstart_spread.py --full                            # the whole `rlagent quickstart` per cell
     python bench/quickstart_spread.py --quick                           # smoke sizes (numbers mean little)
+    python bench/quickstart_spread.py --jobs 2                          # two cells at a time, one thread each
 
 A second CPU is not needed to see what another CPU would do: PyTorch picks its vectorised kernels by
 ATEN_CPU_CAPABILITY (default / avx2 / avx512), oneDNN (the matmuls) by ONEDNN_MAX_CPU_ISA, and the thread count
@@ -14,12 +15,16 @@ cell this runs, each in a fresh process under that setting's environment variabl
 2. `rlagent eval` of its final/ on both environments, greedy, --episodes test-split episodes (the same episodes in
    every cell: --eval-seed), or, with --full, `rlagent quickstart --seed S` and its table's SFT/PPO greedy rows.
 Prints one line per cell and a RESULT line with the mean, min and max of each number over the cells. Numbers only,
-no assertions; cells run one after another (on 2 CPU cores an idle SFT stage takes minutes, under load far more).
+no assertions; cells run one after another (on 2 CPU cores an idle SFT stage takes minutes, under load far more), or
+--jobs N at a time with one thread each (OMP_NUM_THREADS=1 on top of each setting: a tiny model gains little from a
+second thread, so two one-thread cells finish sooner than two two-thread cells in a row; the rounding then differs from
+a two-thread run's as another CPU's would).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -39,7 +44,7 @@ SETTINGS = {
     "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
     "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
-    "1thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "1thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},  # with --jobs > 1 every cell is one-thread
 }
 
 
@@ -52,6 +57,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-seed", type=int, default=10_000, help="Episode i of the eval uses seed EVAL_SEED+i.")
     parser.add_argument("--full", action="store_true", help="Run the whole quickstart (SFT, reward, PPO) per cell.")
     parser.add_argument("--out", default=None, help="Where the runs go (default: a temporary folder).")
+    parser.add_argument("--jobs", type=int, default=1, help="Cells run at once (each on one thread when > 1).")
     parser.add_argument(
         "--quick", action="store_true", help="Smoke: 2 settings x 1 seed, 30 steps, 10 episodes (--full: --smoke)."
     )
@@ -67,9 +73,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+THREADS: dict[str, str] = {}  # ONE_THREAD with --jobs > 1
+
+
 def run_cli(argv: list[str], setting: str, log_path: str) -> None:
     """`python -m rlagent.cli ARGV` in a fresh process under the kernel setting (its output goes to log_path)."""
-    env = {**os.environ, **SETTINGS[setting], "PYTHONPATH": REPO, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **SETTINGS[setting], **THREADS, "PYTHONPATH": REPO, "WANDB_MODE": "offline"}
+    env["HF_HUB_OFFLINE"] = "1"
     with open(log_path, "w", encoding="utf-8") as log:
         done = subprocess.run([sys.executable, "-m", "rlagent.cli", *argv], env=env, cwd=REPO, stdout=log, stderr=log)
     if done.returncode != 0:
@@ -142,22 +153,28 @@ def spread(cells: list[dict]) -> dict:
     }
 
 
+def run_cell(args: argparse.Namespace, out: str, setting: str, seed: int) -> dict:
+    """One setting x seed cell in its own folder; prints its line when done."""
+    cell_dir = os.path.join(out, f"{setting}-seed{seed}")
+    os.makedirs(cell_dir, exist_ok=True)
+    t0 = time.time()
+    cell = (full_cell if args.full else sft_cell)(args, setting, seed, cell_dir)
+    cell.update(setting=setting, seed=seed, seconds=round(time.time() - t0, 1))
+    curve = " ".join(f"{step}:{loss:.4f}" for step, loss in sorted(cell["eval_loss_curve"].items()))
+    rates = " ".join(f"{k} {v:.1%}" for k, v in cell.items() if k.endswith("_greedy"))
+    print(f"{setting:8s} seed {seed}: eval loss {curve} | {rates} | {cell['seconds']} s", flush=True)
+    return cell
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     banner(f"quickstart spread: settings {args.settings} x seeds {args.seeds}" + (" (full)" if args.full else ""))
     out = args.out or tempfile.mkdtemp(prefix="quickstart_spread-")
-    cells = []
-    for setting in args.settings:
-        for seed in args.seeds:
-            cell_dir = os.path.join(out, f"{setting}-seed{seed}")
-            os.makedirs(cell_dir, exist_ok=True)
-            t0 = time.time()
-            cell = (full_cell if args.full else sft_cell)(args, setting, seed, cell_dir)
-            cell.update(setting=setting, seed=seed, seconds=round(time.time() - t0, 1))
-            cells.append(cell)
-            curve = " ".join(f"{step}:{loss:.4f}" for step, loss in sorted(cell["eval_loss_curve"].items()))
-            rates = " ".join(f"{k} {v:.1%}" for k, v in cell.items() if k.endswith("_greedy"))
-            print(f"{setting:8s} seed {seed}: eval loss {curve} | {rates} | {cell['seconds']} s", flush=True)
+    if args.jobs > 1:
+        THREADS.update(ONE_THREAD)
+    grid = [(setting, seed) for setting in args.settings for seed in args.seeds]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each cell is a subprocess
+        cells = list(pool.map(lambda cell: run_cell(args, out, *cell), grid))
     result = {
         "benchmark": "quickstart_spread",
         "settings": args.settings,
@@ -165,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sft_steps": args.steps or "config",
         "episodes": args.episodes,
         "full": args.full,
+        "jobs": args.jobs,
         "spread": spread(cells),
         "cells": cells,
     }
