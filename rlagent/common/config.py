@@ -275,6 +275,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if value not in typing.get_args(inner):
             raise bad
         return value
+    if dataclasses.is_dataclass(inner):  # an item of a list or dict of sections (e.g. a sweep's search space)
+        if not isinstance(value, dict):
+            raise bad
+        return _build(inner, value, key + ".", where, {})
     if origin is list:
         if isinstance(value, str):  # command-line convenience: a=x,y
             value = [v for v in value.split(",") if v]
@@ -422,6 +426,11 @@ def _parse_yaml(text: str, where: str, in_file: bool = True) -> Any:
         raise ConfigError(f"{where}: unreadable YAML value: {str(err).split(';')[0]}") from None
 
 
+def load_yaml_file(path: str) -> dict:
+    """A config file's nested dict (top level a mapping), with every way it can be unreadable as one ConfigError."""
+    return _load_file(path)[0]
+
+
 def _load_file(path: str) -> tuple[dict, dict[str, str]]:
     """(nested dict, dotted key -> "file:line") of a YAML config file; the top level must be a mapping."""
     text = _read_text(path)
@@ -456,13 +465,20 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
-    """Build `cls` from a YAML file and `key.sub=value` overrides (overrides win)."""
-    data, lines = _load_file(path) if path is not None else ({}, {})
+def apply_overrides(data: dict, overrides: list[str] | tuple, lines: dict[str, str] | None = None) -> dict:
+    """Set each `key.sub=value` override (value parsed as YAML) in the nested dict `data`; returns `data`."""
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-        lines[key] = f"command line ('{_shorten(item)}')"
+        if lines is not None:
+            lines[key] = f"command line ('{_shorten(item)}')"
+    return data
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
+    """Build `cls` from a YAML file and `key.sub=value` overrides (overrides win)."""
+    data, lines = _load_file(path) if path is not None else ({}, {})
+    apply_overrides(data, overrides, lines)
     source = str(path) if path is not None else "command line"
     if path is not None and overrides:
         source += " (+ command-line overrides)"
