@@ -437,10 +437,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_sweep(args)
     storage_url = default_storage(cfg)
     study = open_study(cfg, storage_url)
-    if not args.worker:
-        done = len(finished_trials(study))
-        print(f"rlagent sweep: study '{cfg.study_name}' in {storage_url}: {done} finished trial(s), "
-              f"running until {cfg.trials}; {args.workers} worker(s)", flush=True)  # fmt: skip
+    who = "worker" if args.worker else f"{args.workers} worker(s)"
+    print(f"rlagent sweep: study '{cfg.study_name}' in {storage_url}: {len(finished_trials(study))} finished "
+          f"trial(s), running until {cfg.trials}; {who}", flush=True)  # fmt: skip
     workers = start_workers(args, cfg, storage_url) if args.workers > 1 and not args.worker else []
     try:
         run_trials(cfg, study, args.overrides)
