@@ -11,7 +11,7 @@ import warnings
 
 import yaml
 
-from rlagent.common.config import apply_overrides, load_yaml_file
+from rlagent.common.config import apply_overrides
 
 
 def trial_rows(study, objective_key: str) -> list[dict]:
@@ -60,7 +60,10 @@ def print_table(rows: list[dict]) -> None:
 def best_config(cfg, best, overrides: list[str]) -> str:
     """The stage config file with the sweep's fixed overrides and the best trial's values, as YAML text, with a
     header saying where it came from and how to run it; output_dir points into the sweep's folder."""
-    data = load_yaml_file(cfg.config) if cfg.config else {}
+    data = {}
+    if cfg.config:  # read once already, without error, when the space was checked against it
+        with open(cfg.config, encoding="utf-8-sig") as handle:
+            data = yaml.safe_load(handle) or {}
     apply_overrides(data, overrides)
     for key, value in best.params.items():
         apply_overrides(data, [f"{key}={json.dumps(value)}"])

@@ -426,11 +426,6 @@ def _parse_yaml(text: str, where: str, in_file: bool = True) -> Any:
         raise ConfigError(f"{where}: unreadable YAML value: {str(err).split(';')[0]}") from None
 
 
-def load_yaml_file(path: str) -> dict:
-    """A config file's nested dict (top level a mapping), with every way it can be unreadable as one ConfigError."""
-    return _load_file(path)[0]
-
-
 def _load_file(path: str) -> tuple[dict, dict[str, str]]:
     """(nested dict, dotted key -> "file:line") of a YAML config file; the top level must be a mapping."""
     text = _read_text(path)
@@ -465,14 +460,13 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict, overrides: list[str] | tuple, lines: dict[str, str] | None = None) -> dict:
-    """Set each `key.sub=value` override (value parsed as YAML) in the nested dict `data`; returns `data`."""
+def apply_overrides(data: dict, overrides: list[str] | tuple, lines: dict[str, str] | None = None) -> None:
+    """Set each `key.sub=value` override (value parsed as YAML) in the nested dict `data` (in place)."""
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
         if lines is not None:
             lines[key] = f"command line ('{_shorten(item)}')"
-    return data
 
 
 def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
