@@ -172,6 +172,24 @@ def evaluate(model, rows: list, pad_id: int, micro: int, device, selective: bool
     return {"eval/loss": total / max(count, 1)}
 
 
+def sft_task(cfg, train_set, eval_set, data_stats: dict, pad_id: int, device, name: str = "sft") -> SupervisedTask:
+    """fit()'s task for imitation of conversations (assistant-only loss); also distillation's sequence mode. The loss
+    is a token mean over the global batch: summed token losses over its assistant-token count."""
+    selective, micro = cfg.model.selective_head, cfg.optim.micro_batch_size
+    return SupervisedTask(
+        name=name,
+        describe=f"{data_stats['data/train']} train and {data_stats['data/eval']} eval conversations, "
+        f"{data_stats['data/truncated']} truncated to {cfg.max_length} tokens",
+        train_set=train_set,
+        eval_set=eval_set,
+        loss_sums=lambda model, rows: micro_batch_loss(model, rows, pad_id, device, selective),
+        units=count_targets,
+        evaluate=lambda model: evaluate(model, eval_set, pad_id, micro, device, selective),
+        throughput="train/tokens_per_s",
+        progress=lambda m: {"loss": m["train/loss"], "lr": m["train/lr"], "tok_s": round(m["train/tokens_per_s"])},
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(SFTConfig, argv, prog="rlagent sft")
     accelerator = make_accelerator(cfg.model.dtype)
@@ -194,22 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     disable_dropout(model)
 
     # 3. The shared supervised loop (optimiser, resume, micro-batches, eval, early stopping, checkpoints, tracking).
-    # The loss is a token mean over the global batch: summed token losses over its assistant-token count.
-    task = SupervisedTask(
-        name="sft",
-        describe=f"{data_stats['data/train']} train and {data_stats['data/eval']} eval conversations, "
-        f"{data_stats['data/truncated']} truncated to {cfg.max_length} tokens",
-        train_set=train_set,
-        eval_set=eval_set,
-        loss_sums=lambda model, rows: micro_batch_loss(model, rows, pad_id, device, cfg.model.selective_head),
-        units=count_targets,
-        evaluate=lambda model: evaluate(
-            model, eval_set, pad_id, cfg.optim.micro_batch_size, device, cfg.model.selective_head
-        ),
-        throughput="train/tokens_per_s",
-        progress=lambda m: {"loss": m["train/loss"], "lr": m["train/lr"], "tok_s": round(m["train/tokens_per_s"])},
-    )
-    run = fit(cfg, accelerator, model, task)
+    run = fit(cfg, accelerator, model, sft_task(cfg, train_set, eval_set, data_stats, pad_id, device))
 
     # 4. Final model in Hugging Face format, and the summary.
     save_final(accelerator, run.model, tokenizer, os.path.join(cfg.output_dir, "final"))

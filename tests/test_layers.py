@@ -29,8 +29,8 @@ LAYER_DOCS = {
     "algorithms": "rlagent/algorithms: the RL math, pure tensor functions",
     "rollout": "rlagent/rollout: the multi-turn engine, generation, policies, episode schedule, transcripts",
     "training": "rlagent/training: the supervised loop, PPO's models and update, checkpoints, tracking",
-    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py (users launch them by path)",
-    "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart",
+    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py, train_distill.py (users launch them by path)",
+    "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart, sweep",
 }
 
 # layer -> the layers its modules may import (its own included); the math imports nothing of the project

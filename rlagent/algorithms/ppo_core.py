@@ -438,6 +438,41 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# On-policy distillation: the teacher grades every token the student sampled
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Reverse KL(student || teacher) = sum_v p_s(v) (log p_s(v) - log p_t(v)) of the temperature-scaled next-token
+    distributions, one value per position, in fp32 (fp64 if the logits are).
+
+    The per-token loss of on-policy distillation (GKD, Agarwal et al. 2024, with beta = 1): mode-seeking, so the
+    student is pushed off tokens the teacher would not write, and 0 exactly where the two distributions agree. The
+    full sum over the vocabulary is exact, where the sampled-token estimate log p_s(x) - log p_t(x) is only unbiased.
+    A wider head (padding rows of an embedding matrix) is cut to the narrower width: the tokenizer is shared.
+    Shape: (..., V), (..., V') -> (...).
+    """
+    width = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    log_student = torch.log_softmax(student_logits[..., :width].to(dtype) / temperature, dim=-1)
+    log_teacher = torch.log_softmax(teacher_logits[..., :width].to(dtype) / temperature, dim=-1)
+    return (log_student.exp() * (log_student - log_teacher)).sum(-1)
+
+
+def distillation_loss(
+    token_kl: torch.Tensor, policy_mask: torch.Tensor, normaliser: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token KL summed over policy tokens only and divided by `normaliser`: the policy tokens of the GLOBAL
+    minibatch, as in `policy_loss`, so the update does not depend on micro-batching or process count (default: this
+    mask's count). Prompt and environment tokens, which the student did not sample, never enter the loss; they may
+    hold anything, gradients included (double where).
+    Shape: (B, T), (B, T) -> scalar.
+    """
+    mask = policy_mask.bool()
+    (token_kl,) = zero_outside(mask, token_kl)
+    return masked_sum(token_kl, mask) / (mask.sum().clamp(min=1) if normaliser is None else normaliser)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # KL coefficient controllers
 
 

@@ -1,4 +1,4 @@
-"""`rlagent` command line: the three training stages plus rollout, eval, quickstart and plot."""
+"""`rlagent` command line: the training stages, distillation and sweeps, plus rollout, eval, quickstart and plot."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ COMMANDS = {
     "sft": ("rlagent.train_sft", "Stage 1: supervised warm start on demonstrations (assistant-only loss)."),
     "reward": ("rlagent.train_reward", "Stage 2: reward model from preference pairs (Bradley-Terry)."),
     "ppo": ("rlagent.train_ppo", "Stage 3: multi-turn PPO in a tool-use environment."),
+    "distill": ("rlagent.train_distill", "Distil a teacher policy into a student: on-policy reverse KL, or sequence."),
+    "sweep": ("rlagent.cli.sweep", "Hyper-parameter search over a stage's config keys (Optuna; pruning; resumable)."),
     "rollout": ("rlagent.cli.rollout_cli", "Play episodes with a policy and print the transcripts."),
     "eval": ("rlagent.cli.evaluate", "Held-out success with confidence intervals; --compare for significance."),
     "quickstart": ("rlagent.cli.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"rlagent: unknown command '{command}'\n\n{usage()}")
     from rlagent.common.config import precheck_args, run_main
 
-    if command in ("sft", "reward", "ppo"):
+    if command in ("sft", "reward", "ppo", "distill"):
         precheck_args(rest, prog=f"rlagent {command}")  # before the stage module imports torch (seconds)
     module = importlib.import_module(COMMANDS[command][0])
     run_main(module.main, rest, prog=f"rlagent {command}")

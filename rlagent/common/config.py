@@ -275,6 +275,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if value not in typing.get_args(inner):
             raise bad
         return value
+    if dataclasses.is_dataclass(inner):  # an item of a list or dict of sections (e.g. a sweep's search space)
+        if not isinstance(value, dict):
+            raise bad
+        return _build(inner, value, key + ".", where, {})
     if origin is list:
         if isinstance(value, str):  # command-line convenience: a=x,y
             value = [v for v in value.split(",") if v]
@@ -456,13 +460,19 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
-    """Build `cls` from a YAML file and `key.sub=value` overrides (overrides win)."""
-    data, lines = _load_file(path) if path is not None else ({}, {})
+def apply_overrides(data: dict, overrides: list[str] | tuple, lines: dict[str, str] | None = None) -> None:
+    """Set each `key.sub=value` override (value parsed as YAML) in the nested dict `data` (in place)."""
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-        lines[key] = f"command line ('{_shorten(item)}')"
+        if lines is not None:
+            lines[key] = f"command line ('{_shorten(item)}')"
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] | tuple = ()) -> Any:
+    """Build `cls` from a YAML file and `key.sub=value` overrides (overrides win)."""
+    data, lines = _load_file(path) if path is not None else ({}, {})
+    apply_overrides(data, overrides, lines)
     source = str(path) if path is not None else "command line"
     if path is not None and overrides:
         source += " (+ command-line overrides)"
