@@ -374,3 +374,14 @@ def test_serve_and_ab_report_as_real_commands(tmp_path):
     assert "requests" in report.stdout
     missing = run_cli("rlagent", "ab-report", str(tmp_path / "nowhere"), check=False)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_serve_bad_policy_is_a_one_line_error(capsys):
+    from rlagent.cli.serve import main as serve
+    from rlagent.common.config import run_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(serve, ["--policy", "no/such/folder", "--port", free_port()], prog="rlagent serve")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no/such/folder" in err[0]
