@@ -38,7 +38,8 @@ def needs_custom_loader(info: dict | None) -> bool:
 
 def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
     """torch.ao dynamic INT8 quantisation of every nn.Linear (weights int8 per tensor, activations quantised on the
-    fly per batch); embeddings and norms stay fp32. CPU only: the quantised kernels are fbgemm/qnnpack."""
+    fly per batch); embeddings and norms stay fp32. CPU only: the quantised kernels are fbgemm/qnnpack.
+    torch.ao.quantization still works in torch 2.13 but warns that it is deprecated (torchao succeeds it)."""
     from torch.ao.quantization import quantize_dynamic
 
     return quantize_dynamic(model.float().cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)

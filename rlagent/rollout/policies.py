@@ -20,7 +20,7 @@ import torch
 from transformers.utils import logging
 
 from rlagent.common.chat import encode
-from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ModelConfig, arg_type
+from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ConfigError, ModelConfig, arg_type
 from rlagent.common.modeling import load_causal_lm, load_tokenizer
 from rlagent.rollout.backends.hf import HFBackend
 from rlagent.rollout.decoding import ModelPolicy
@@ -158,6 +158,12 @@ def load_eval_model(spec: str, seed: int = 0, flag: str = "--policy"):
     the GPU if there is one: the one loader of `rlagent eval`, `rlagent rollout` and the quickstart's evaluation.
     Adapters are merged and the tokenizer gets the fix-ups the stages trained with."""
     logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
+    info = export_info(spec)
+    if needs_custom_loader(info):
+        kind = f"{info['format']}{' int8' if info.get('quantize') else ''}"
+        raise ConfigError(
+            f"{flag}='{spec}' is an {kind} export: eval, rollout and serve run it; it has no torch weights"
+        )
     tokenizer = load_tokenizer(spec, flag)  # a real model's tokenizer is fixed up as in training
     model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=seed)
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer

@@ -72,6 +72,11 @@ def test_the_self_check_fails_on_a_different_model(onnx_export):
     assert not check["passed"] and check["identical"] < check["prompts"]
 
 
+def test_an_onnx_export_is_not_a_torch_model(onnx_export):
+    with pytest.raises(ConfigError, match="onnx export"):
+        load_eval_model(onnx_export[0])
+
+
 def test_eval_takes_an_export_folder(onnx_export, tmp_path):
     from rlagent.cli.evaluate import main as evaluate
 
