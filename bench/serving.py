@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -155,6 +154,14 @@ def server_latency(backend, tokenizer, requests: int, max_new_tokens: int) -> di
     return out
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across exec, so a worker
+    started by a parent that peaked higher (the exports) would report the parent's peak."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024, 1)
+
+
 def worker(args: argparse.Namespace) -> None:
     from fixtures import calculator_prompts
 
@@ -165,7 +172,7 @@ def worker(args: argparse.Namespace) -> None:
         result[f"c{concurrency}"] = throughput(backend, tokenizer, prompts, concurrency, args.max_new_tokens)
     result["held_out"] = held_out(backend, tokenizer, args.episodes, args.max_new_tokens)
     result["latency"] = server_latency(backend, tokenizer, args.requests, args.max_new_tokens)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mib"] = peak_rss_mib()
     print("VARIANT " + json.dumps(result), flush=True)
 
 

@@ -118,7 +118,9 @@ def export_onnx(model, out_file: str) -> None:
 
 def quantize_onnx_int8(source: str, target: str) -> None:
     """ONNX Runtime's dynamic INT8 quantisation (weights int8 per channel; activations quantised at run time) of
-    every MatMul; the embedding Gather and norms stay fp32."""
+    every MatMul and of the embedding Gather (SmolLM2's embedding is a fifth of its weights, and the export holds it
+    twice: the Gather's table and the tied head's transposed copy); norms stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    ops = ["MatMul", "Gather"]
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=ops)
