@@ -51,6 +51,7 @@ BENCHMARKS = {
     "bf16_autocast_ab": [],
     "kill_resume": ["--kills", "2"],
     "quickstart_spread": ["--quick"],
+    "serving": ["--quick"],
 }
 # Names that run another script with fixed arguments: name -> (script, arguments of every run).
 VARIANTS = {
@@ -306,6 +307,21 @@ def render_quickstart_spread(r: dict) -> list[str]:
     return rows
 
 
+def render_serving(r: dict) -> list[str]:
+    rows = [f"Policy {r['policy']}; {r['episodes']} held-out episodes per environment, {r['prompts']} prompts for "
+            f"tokens/s, {r['requests']} server requests per concurrency level, max_new_tokens {r['max_new_tokens']}.",
+            "", "| variant | tokens/s c1 | tokens/s c16 | peak RSS MiB | disk MiB | Calculator | KBSearch | "
+            "p50/p99 s c1 | c4 | c16 |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, v in r["variants"].items():
+        success = [f"{v['held_out'][env]['success_rate']:.1%}" for env in sorted(v["held_out"])]
+        latency = [f"{v['latency'][c]['p50_s']} / {v['latency'][c]['p99_s']}" for c in ("c1", "c4", "c16")]
+        rows.append(f"| {name} | {v['c1']['tokens_per_s']} | {v['c16']['tokens_per_s']} | {v['peak_rss_mib']} | "
+                    f"{v['size_bytes'] / 2**20:.1f} | {' | '.join(success)} | {' | '.join(latency)} |")  # fmt: skip
+    if r.get("summary"):
+        rows.append("\n" + ", ".join(f"{key} = {value}" for key, value in r["summary"].items()) + "\n")
+    return rows
+
+
 RENDERERS = {
     "quickstart_spread": render_quickstart_spread,
     "kill_resume": render_kill_resume,
@@ -318,6 +334,7 @@ RENDERERS = {
     "sft_real_shape": render_sft_real_shape,
     "memory_phases": render_memory_phases,
     "generation_backends": render_generation_backends,
+    "serving": render_serving,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
@@ -333,6 +350,7 @@ TITLES = {
     "ppo_learning": "PPO learning from a weak SFT policy (Calculator-v0, environment reward)",
     "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
     "quickstart_spread": "Tiny quickstart under CPU kernel settings x seeds (SFT eval loss, held-out greedy success)",
+    "serving": "Shipping: torch fp32 / bf16 vs ONNX Runtime fp32 / INT8 (SmolLM2 SFT policy): speed, memory, success",
 }
 
 

@@ -1,7 +1,7 @@
 """The import layers of the project, checked on the source (AST) so that no test run can hide an import.
 
     envs <- rlagent/common <- reward_models <- rlagent/algorithms <- rlagent/rollout <- rlagent/training
-         <- rlagent/train_*.py <- rlagent/cli
+         <- rlagent/train_*.py <- rlagent/serving <- rlagent/cli
 
 A layer is a package, so the folders show the layers. A layer may import the layers MAY_IMPORT grants it (never one
 to its right). Every import counts, including those inside functions: a lazy import is still a dependency.
@@ -21,7 +21,7 @@ PACKAGES = ("envs", "rlagent", "reward_models")
 
 # The layers, left to right, ARE the packages: a module's layer is its top-level package, or for rlagent the
 # subpackage it lives in (the stage scripts rlagent/train_*.py and the package root are the "stages" layer).
-LAYER_ORDER = ("envs", "common", "reward_models", "algorithms", "rollout", "training", "stages", "cli")
+LAYER_ORDER = ("envs", "common", "reward_models", "algorithms", "rollout", "training", "stages", "serving", "cli")
 LAYER_DOCS = {
     "envs": "environments, tools, tasks and the scripted experts: plain Python, no training code",
     "common": "rlagent/common: config, data reading, model/tokenizer loading, tiny default, chat templates",
@@ -30,7 +30,8 @@ LAYER_DOCS = {
     "rollout": "rlagent/rollout: the multi-turn engine, generation, policies, episode schedule, transcripts",
     "training": "rlagent/training: the supervised loop, PPO's models and update, checkpoints, tracking",
     "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py, train_distill.py (users launch them by path)",
-    "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart, sweep",
+    "serving": "rlagent/serving: export (HF, ONNX, INT8), the OpenAI-compatible server, A/B arms, request log",
+    "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart, sweep, export, serve",
 }
 
 # layer -> the layers its modules may import (its own included); the math imports nothing of the project
@@ -41,7 +42,8 @@ MAY_IMPORT = {
     "algorithms": {"algorithms"},
     "rollout": {"envs", "common", "rollout"},
     "training": {"envs", "common", "reward_models", "algorithms", "training"},
-    "stages": set(LAYER_ORDER) - {"cli"},
+    "stages": set(LAYER_ORDER) - {"serving", "cli"},
+    "serving": {"envs", "common", "rollout", "serving"},  # serves policies through the rollout backends
     "cli": set(LAYER_ORDER),
 }
 

@@ -1,4 +1,5 @@
-"""`rlagent` command line: the training stages, distillation and sweeps, plus rollout, eval, quickstart and plot."""
+"""`rlagent` command line: the training stages, distillation and sweeps, plus rollout, eval, quickstart, plot and
+shipping (export, serve, ab-report)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ COMMANDS = {
     "eval": ("rlagent.cli.evaluate", "Held-out success with confidence intervals; --compare for significance."),
     "quickstart": ("rlagent.cli.quickstart", "SFT -> reward model -> PPO on the tiny default, then a result table."),
     "plot": ("rlagent.cli.plot", "Learning curves (success, reward, KL, entropy) of runs, overlaid, to an image."),
+    "export": ("rlagent.cli.export", "A policy as a deployable folder: hf or onnx, optionally INT8, self-checked."),
+    "serve": (
+        "rlagent.cli.serve",
+        "OpenAI-compatible server: batching, hot reload, A/B arms, --log as training data.",
+    ),
+    "ab-report": ("rlagent.cli.ab_report", "Per-arm success of a served A/B test from its --log folder, Fisher p."),
 }
 
 

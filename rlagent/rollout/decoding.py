@@ -27,6 +27,7 @@ class ModelPolicy:
     `max_new_tokens` first is kept as sampled and flagged `missing_eos`. reuse_cache=False (or a model without a plain
     DynamicCache) decodes each turn with `model.generate` from scratch instead. `backend`/`dtype`/`prefix_cache`
     choose the generation backend (rlagent.rollout.backends.build_backend); dtype 'model' samples from `model` itself.
+    `backend` may also be a backend object, used as it is (then `model` is ignored).
     """
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 96, temperature: float = 1.0, greedy: bool = False,
@@ -35,7 +36,10 @@ class ModelPolicy:
         self.tokenizer = tokenizer
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.max_new_tokens, self.temperature, self.greedy = max_new_tokens, temperature, greedy
-        self.backend = build_backend(backend, model, tokenizer, dtype, prefix_cache, reuse_cache, key)
+        if isinstance(backend, str):
+            self.backend = build_backend(backend, model, tokenizer, dtype, prefix_cache, reuse_cache, key)
+        else:  # a ready backend object (e.g. ONNX Runtime on an exported graph, which has no torch model)
+            self.backend = backend
         self.params = SamplingParams(max_new_tokens, temperature, (self.eos_id,), greedy, generator)
         # Used by benchmarks that call model.generate with the same settings.
         self.generation_config = generation_config(self.params, self.pad_id)

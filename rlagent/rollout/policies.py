@@ -1,6 +1,7 @@
 """Policies a rollout can be played with, and how `rlagent rollout` / `rlagent eval` load one from its spec.
 
-A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`, a LoRA adapter folder too), a .gguf
+A spec is a local Hugging Face model folder (e.g. an SFT output `runs/.../final`, a LoRA adapter folder too, or any
+folder `rlagent export` wrote: plain HF, torch INT8 or ONNX, see rlagent.rollout.exported), a .gguf
 file, a short name such as `smollm2-135m-instruct`, `tiny` (the untrained tiny default), `scripted` (the scripted
 expert; mistakes with probability --noise per episode) or `random` (random text and often malformed tool calls).
 Text policies (scripted, random) go through TextPolicy; models through ModelPolicy
@@ -10,6 +11,7 @@ Text policies (scripted, random) go through TextPolicy; models through ModelPoli
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import string
 from collections.abc import Callable
@@ -18,9 +20,11 @@ import torch
 from transformers.utils import logging
 
 from rlagent.common.chat import encode
-from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ModelConfig, arg_type
+from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ConfigError, ModelConfig, arg_type
 from rlagent.common.modeling import load_causal_lm, load_tokenizer
+from rlagent.rollout.backends.hf import HFBackend
 from rlagent.rollout.decoding import ModelPolicy
+from rlagent.rollout.exported import ONNX_FILE, export_info, load_int8_hf, needs_custom_loader
 
 PRINTABLE = string.ascii_letters + string.digits + string.punctuation + " "
 
@@ -127,10 +131,26 @@ def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
         tokenizer = load_tokenizer(args.tokenizer or "tiny", "--tokenizer")
         make = scripted_actor(args.noise) if spec == "scripted" else random_actor
         return TextPolicy(make, tokenizer, per_episode=True), tokenizer
+    info = export_info(spec)
+    if needs_custom_loader(info):  # an ONNX or INT8 export: its own backend, no trainable torch model
+        tokenizer = load_tokenizer(spec, "--policy")
+        backend = load_export_backend(spec, info, tokenizer, prefix_cache=not args.no_prefix_cache)
+        return ModelPolicy(None, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy,
+                           backend=backend), tokenizer  # fmt: skip
     model, tokenizer = load_eval_model(spec, args.seed)
     policy = ModelPolicy(model, tokenizer, args.max_new_tokens, args.temperature, greedy=greedy, backend=args.backend,
                          dtype=args.dtype, prefix_cache=not args.no_prefix_cache, key="--backend")  # fmt: skip
     return policy, tokenizer
+
+
+def load_export_backend(path: str, info: dict, tokenizer, prefix_cache: bool = True):
+    """The generation backend of an ONNX or INT8 export (rlagent.rollout.exported): ONNX Runtime for `onnx`, the HF
+    backend on the torch.ao INT8 modules for `hf` + `int8` (sampled as they are: no bf16 copy of int8 weights)."""
+    if info["format"] == "onnx":
+        from rlagent.rollout.backends.onnx import OnnxBackend
+
+        return OnnxBackend(os.path.join(path, ONNX_FILE), tokenizer.pad_token_id)
+    return HFBackend(load_int8_hf(path), tokenizer.pad_token_id, None, prefix_cache=prefix_cache)
 
 
 def load_eval_model(spec: str, seed: int = 0, flag: str = "--policy"):
@@ -138,6 +158,12 @@ def load_eval_model(spec: str, seed: int = 0, flag: str = "--policy"):
     the GPU if there is one: the one loader of `rlagent eval`, `rlagent rollout` and the quickstart's evaluation.
     Adapters are merged and the tokenizer gets the fix-ups the stages trained with."""
     logging.disable_progress_bar()  # no "Loading weights" bar in transcripts
+    info = export_info(spec)
+    if needs_custom_loader(info):
+        kind = f"{info['format']}{' int8' if info.get('quantize') else ''}"
+        raise ConfigError(
+            f"{flag}='{spec}' is an {kind} export: eval, rollout and serve run it; it has no torch weights"
+        )
     tokenizer = load_tokenizer(spec, flag)  # a real model's tokenizer is fixed up as in training
     model = load_causal_lm(ModelConfig(name_or_path=spec), tokenizer, seed=seed)
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer

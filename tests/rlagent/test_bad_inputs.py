@@ -163,6 +163,13 @@ CASES = [
      ["argument --episodes: must be >= 1, got -3"]),
     ("rollout-temperature", ["rollout", "--policy", "random", "--env", "rlagent/Calculator-v0", "--temperature", "-1"],
      ["argument --temperature: must be > 0"]),
+    # Shipping: export, serve, ab-report.
+    ("export-format", ["export", "--policy", "tiny", "--out", "{d}/x", "--format", "tflite"],
+     ["argument --format: invalid choice: 'tflite'"]),
+    ("export-out-not-empty", ["export", "--policy", "tiny", "--out", "{d}", "--format", "hf"],
+     ["--out '{d}' exists and is not empty"]),
+    ("serve-split", ["serve", "--policy", "tiny", "--split", "1.5"], ["argument --split: must be in [0, 1]"]),
+    ("ab-report-missing", ["ab-report", "{d}/nope"], ["{d}/nope has no requests.jsonl"]),
 ]  # fmt: skip
 # Real subprocesses: one of each family (data line, config file, override, stage order).
 SUBPROCESS = [
@@ -195,7 +202,11 @@ def fill(items: list[str], workdir) -> list[str]:
 
 def argv_of(case_id: str, workdir) -> list[str]:
     _, argv, _ = next(case for case in CASES if case[0] == case_id)
-    if argv[0] in ("eval", "rollout") or "--config" in argv[-1:] or any(a.startswith("output_dir=") for a in argv):
+    if (
+        argv[0] in ("eval", "rollout", "export", "serve", "ab-report")
+        or "--config" in argv[-1:]
+        or any(a.startswith("output_dir=") for a in argv)
+    ):
         return fill(argv, workdir)
     return [*fill(argv, workdir), f"output_dir={workdir}/out"]
 
