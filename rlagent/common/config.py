@@ -235,6 +235,8 @@ class StageConfig:
     keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2, range=AT_LEAST_ONE)
     progress: bool = doc("Show a rich progress bar.", True)
     wandb_project: str = doc("W&B project name.", "rlagent")
+    run_name: str | None = doc("Run name: W&B's, and the TensorBoard run folder OUTPUT_DIR/tensorboard/NAME.", None)
+    tags: list[str] = doc("Tags for the run (W&B tags; TensorBoard text and hparams).", factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
