@@ -144,7 +144,9 @@ def is_batch_function(fn: Callable) -> bool:
 
 def batch_arguments(traj, environments: list | None) -> dict:
     """The keyword arguments TRL's GRPOTrainer gives a reward function, for a finished rollout batch."""
-    starts = [next((k for k, m in enumerate(msgs) if m.get("role") == "assistant"), len(msgs)) for msgs in traj.messages]
+    starts = [
+        next((k for k, m in enumerate(msgs) if m.get("role") == "assistant"), len(msgs)) for msgs in traj.messages
+    ]
     instances = [getattr(env.unwrapped, "environment", env.unwrapped) for env in environments or []]
     infos = [episode_info(traj, i) for i in range(len(traj))]
     rows = [dict(getattr(env.unwrapped, "row", None) or {}) for env in environments or []] or [{}] * len(traj)

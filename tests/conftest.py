@@ -106,7 +106,9 @@ def assert_metrics_documented(output_dir) -> None:
     glossary = readme[readme.index("## Metrics glossary") : readme.index("## How PPO is done here")]
     keys = {key for row in read_metrics(output_dir) for key in row} - {"step"}
     generic = {re.sub(r"^curriculum/.+_level$", "curriculum/<env>_level", key) for key in keys}
-    generic = {re.sub(r"^reward/(?!function_errors$).+$", "reward/<name>", key) for key in generic}
+    generic = {re.sub(r"^reward/(?!function_errors$)[^/]+/(mean|std)$", r"reward/<name>/\1", key) for key in generic}
+    generic = {re.sub(r"^reward/(?!function_errors$)[^/]+$", "reward/<name>", key) for key in generic}
+    generic = {re.sub(r"^env/.+/success_rate$", "env/<id>/success_rate", key) for key in generic}
     missing = sorted(key for key in generic if f"`{key}`" not in glossary)
     assert not missing, f"metrics logged but not explained in the README glossary: {missing}"
 

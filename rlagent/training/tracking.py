@@ -101,7 +101,9 @@ class Tracker:
                 if isinstance(value, int | float) and key != "step":
                     self._tb.add_scalar(key, value, step)
 
-    def log_table(self, name: str, columns: list[str], rows: list[list], step: int, split_by: str | None = None) -> None:
+    def log_table(
+        self, name: str, columns: list[str], rows: list[list], step: int, split_by: str | None = None
+    ) -> None:
         """Sample trajectories: a W&B table, a TensorBoard text block, and OUTPUT_DIR/samples.jsonl. `split_by` (a
         column) adds one W&B table per value, `NAME/VALUE` (the PPO samples: one table per environment)."""
         if not self.enabled:
