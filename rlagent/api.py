@@ -26,9 +26,6 @@ import re
 
 from rlagent.common.config import check_output_dir, load_config
 
-_ids = itertools.count()
-
-
 def resolve_config(cls: type, config) -> object:
     """The stage's config object from a YAML path, a dict (nested or dotted keys), a config object, or None."""
     if config is None:
@@ -67,6 +64,9 @@ def use_model(cfg, model, tokenizer) -> None:
         return
     if tokenizer is None:
         raise TypeError("model= is a model object: pass its tokenizer= too (both are saved for the stage to load)")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # no "Writing model shards" bar
     folder = os.path.join(cfg.output_dir, "input_model")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -121,7 +121,8 @@ def env_id(env, train_dataset=None, eval_dataset=None, reward_funcs=None) -> str
         def build(**kwargs):
             return build_object(env, f"<{name}>", kwargs)
 
-    new_id = f"rlagent-api/{name}{next(_ids)}-v0"
+    version = next(v for v in itertools.count() if f"rlagent-api/{name}-v{v}" not in gym.registry)
+    new_id = f"rlagent-api/{name}-v{version}"  # a fresh id per trainer: an earlier one keeps its own objects
     gym.register(new_id, entry_point=build)
     return new_id
 
