@@ -65,7 +65,7 @@ def demo_jsonl(tmp_path_factory) -> str:
     return str(path)
 
 
-def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool = True):
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool = True, cwd: str = ROOT):
     """Run `rlagent ...` (or another venv binary) as a subprocess; return the CompletedProcess."""
     full_env = {
         **os.environ,
@@ -75,7 +75,7 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool
         **(env or {}),
     }
     cmd = list(args) if args[0] != "rlagent" else [os.path.join(BIN, "rlagent"), *args[1:]]
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

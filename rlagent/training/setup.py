@@ -112,7 +112,7 @@ def check_batch_shape(cfg: OptimConfig, world_size: int, prog: str = "rlagent", 
     lowered = cfg.micro_batch_size > per_process
     cfg.micro_batch_size = min(cfg.micro_batch_size, per_process)
     steps = math.ceil(per_process / cfg.micro_batch_size)
-    if lowered or per_process % cfg.micro_batch_size or steps > 1:
+    if lowered or per_process % cfg.micro_batch_size:
         print(
             f"{prog}: batch shape: optim.batch_size={cfg.batch_size} {unit} = {world_size} process(es) x "
             f"{per_process}, in {steps} micro-batch(es) of <= {cfg.micro_batch_size} (gradient accumulation {steps})",
