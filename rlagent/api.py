@@ -26,6 +26,7 @@ import re
 
 from rlagent.common.config import check_output_dir, load_config
 
+
 def resolve_config(cls: type, config) -> object:
     """The stage's config object from a YAML path, a dict (nested or dotted keys), a config object, or None."""
     if config is None:
@@ -135,48 +136,49 @@ def is_trl_env(env) -> bool:
 
 
 class _Stage:
-    """What the three trainers share: the resolved config and the model."""
+    """What the three trainers share: the stage module (`_module`), the resolved config and the model."""
 
-    config_class: type
+    @staticmethod
+    def _module():
+        raise NotImplementedError
 
     def __init__(self, config=None, *, model=None, tokenizer=None):
-        self.config = resolve_config(self.config_class, config)
+        self.config = resolve_config(self._module().CONFIG, config)
         use_model(self.config, model, tokenizer)
 
 
-class SFTTrainer(_Stage):
+class _SupervisedStage(_Stage):
+    """SFT and the reward model: data from datasets, or the experts of `env`."""
+
+    def __init__(self, config=None, *, model=None, tokenizer=None, env=None, train_dataset=None, eval_dataset=None):
+        super().__init__(config, model=model, tokenizer=tokenizer)
+        use_data(self.config, env, train_dataset, eval_dataset)
+
+    def train(self) -> dict:
+        return self._module().train(self.config)
+
+
+class SFTTrainer(_SupervisedStage):
     """Stage 1: `SFTTrainer(config, model=, tokenizer=, train_dataset=, eval_dataset=, env=).train()`.
 
     Without a train_dataset, `env` (or data.env_ids) has the scripted experts play the demonstrations."""
 
-    def __init__(self, config=None, *, model=None, tokenizer=None, env=None, train_dataset=None, eval_dataset=None):
-        from rlagent.train_sft import SFTConfig
+    @staticmethod
+    def _module():
+        from rlagent import train_sft
 
-        self.config_class = SFTConfig
-        super().__init__(config, model=model, tokenizer=tokenizer)
-        use_data(self.config, env, train_dataset, eval_dataset)
-
-    def train(self) -> dict:
-        from rlagent.train_sft import train
-
-        return train(self.config)
+        return train_sft
 
 
-class RewardTrainer(_Stage):
+class RewardTrainer(_SupervisedStage):
     """Stage 2: `RewardTrainer(config, model=, tokenizer=, train_dataset=, eval_dataset=, env=).train()`; the
     datasets hold preference pairs (TRL's formats)."""
 
-    def __init__(self, config=None, *, model=None, tokenizer=None, env=None, train_dataset=None, eval_dataset=None):
-        from rlagent.train_reward import RewardConfig
+    @staticmethod
+    def _module():
+        from rlagent import train_reward
 
-        self.config_class = RewardConfig
-        super().__init__(config, model=model, tokenizer=tokenizer)
-        use_data(self.config, env, train_dataset, eval_dataset)
-
-    def train(self) -> dict:
-        from rlagent.train_reward import train
-
-        return train(self.config)
+        return train_reward
 
 
 def use_data(cfg, env, train_dataset, eval_dataset) -> None:
@@ -187,7 +189,7 @@ def use_data(cfg, env, train_dataset, eval_dataset) -> None:
     if train_path is not None:
         cfg.data.source, cfg.data.path = "file", train_path
     if eval_path is not None:
-        if train_path is None and cfg.data.source != "file":
+        if train_path is None and not cfg.data.path:
             raise TypeError("eval_dataset needs a train_dataset (or data.path): the experts' data has its own split")
         cfg.data.eval_path = eval_path
 
@@ -199,9 +201,6 @@ class PPOTrainer(_Stage):
 
     def __init__(self, config=None, *, model=None, tokenizer=None, env=None, reward_funcs=None, train_dataset=None,
                  eval_dataset=None, callbacks=()):  # fmt: skip
-        from rlagent.train_ppo import PPOConfig
-
-        self.config_class = PPOConfig
         super().__init__(config, model=model, tokenizer=tokenizer)
         funcs = [] if reward_funcs is None else [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
         self.reward_funcs, self.callbacks = funcs, list(callbacks)
@@ -213,7 +212,11 @@ class PPOTrainer(_Stage):
         elif train_dataset is not None or eval_dataset is not None:
             raise TypeError("train_dataset/eval_dataset for PPO are the task rows of env= (a TRL environment class)")
 
-    def train(self) -> dict:
-        from rlagent.train_ppo import PPOTrainer as Stage
+    @staticmethod
+    def _module():
+        from rlagent import train_ppo
 
-        return Stage(self.config, self.callbacks, reward_funcs=self.reward_funcs).train()
+        return train_ppo
+
+    def train(self) -> dict:
+        return self._module().PPOTrainer(self.config, self.callbacks, reward_funcs=self.reward_funcs).train()

@@ -565,6 +565,9 @@ def _accumulate(stats: dict, new: dict, weight: float) -> None:
             stats[key] = stats.get(key, 0.0) + value * weight
 
 
+CONFIG = PPOConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
+
+
 def main(argv: list[str] | None = None, callbacks: list[Callback] | tuple = ()) -> dict:
     """`rlagent ppo --config FILE [key=value ...]`; `callbacks` hook into every iteration. Returns the summary."""
     cfg = parse_args(PPOConfig, argv, prog="rlagent ppo")

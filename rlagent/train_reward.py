@@ -252,6 +252,9 @@ def pop_pairs_out(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, path
 
 
+CONFIG = RewardConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`rlagent reward --config FILE [--pairs-out FILE] [key=value ...]`: the summary of `train`."""
     argv, pairs_out = pop_pairs_out(sys.argv[1:] if argv is None else argv)

@@ -183,6 +183,9 @@ def evaluate(model, rows: list, pad_id: int, micro: int, device, selective: bool
     return {"eval/loss": total / max(count, 1)}
 
 
+CONFIG = SFTConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`rlagent sft --config FILE [key=value ...]`: the summary of `train`."""
     return train(parse_args(SFTConfig, argv, prog="rlagent sft"))
