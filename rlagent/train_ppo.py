@@ -3,7 +3,8 @@
 One process:        rlagent ppo --config configs/quickstart/ppo.yaml   (same as: python rlagent/train_ppo.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_ppo.py --config ... (CPU: gloo)
 GPUs / DeepSpeed:   accelerate launch --config_file configs/accelerate/zero2.yaml rlagent/train_ppo.py --config ...
-From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()])   (hooks: see `Callback`)
+From Python:        rlagent.PPOTrainer(config, model=..., env=..., reward_funcs=...).train()   (README "Python API")
+                    or train_ppo.main(["--config", ...], callbacks=[MyCallback()])   (hooks: see `Callback`)
 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes

@@ -3,6 +3,7 @@
 One process:        rlagent reward --config configs/quickstart/reward.yaml [--pairs-out pairs.jsonl]
                     (same as: python rlagent/train_reward.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_reward.py --config ... (CPU: gloo)
+From Python:        rlagent.RewardTrainer(config, model=..., train_dataset=pairs).train()   (README "Python API")
 
 Pairs come from a TRL-style JSONL file (data.path) or from the environments' scripted experts (data.source: expert),
 enlarged with rule-built negatives (reward_models/pairs.py). optim.batch_size counts PAIRS per optimizer step; the

@@ -3,6 +3,7 @@
 One process:        rlagent sft --config configs/quickstart/sft.yaml   (same as: python rlagent/train_sft.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_sft.py --config ... (CPU: gloo)
 GPUs / DeepSpeed:   accelerate launch --config_file configs/accelerate/ddp.yaml rlagent/train_sft.py --config ...
+From Python:        rlagent.SFTTrainer(config, model=..., train_dataset=...).train()   (README "Python API")
 
 The loss is a token mean over the GLOBAL batch (all micro-batches, all processes), so the same global batch gives
 the same update whatever the accumulation steps or process count.

@@ -94,17 +94,38 @@ def test_ppo_passes_a_gym_env_class_and_both_reward_signatures(tmp_path):
 
 def test_sft_and_reward_model_train_on_datasets(tmp_path):
     convs = [addition_conversation(a, a + 1) for a in range(1, 11)]
-    sft = SFTTrainer({"output_dir": str(tmp_path / "sft"), **SMALL, "max_steps": 1, "progress": False,
-                      "optim": {"batch_size": 4, "micro_batch_size": 4}, "save_every": 0},  # fmt: skip
-                     model="tiny", train_dataset=Dataset.from_list(convs[:8]), eval_dataset=convs[8:])
+    sft = SFTTrainer(
+        {
+            "output_dir": str(tmp_path / "sft"),
+            **SMALL,
+            "max_steps": 1,
+            "progress": False,
+            "optim": {"batch_size": 4, "micro_batch_size": 4},
+            "save_every": 0,
+        },
+        model="tiny",
+        train_dataset=Dataset.from_list(convs[:8]),
+        eval_dataset=convs[8:],
+    )
     summary = sft.train()
     assert (summary["data/train"], summary["data/eval"], summary["steps"]) == (8, 2, 1)
     assert sft.config.data.source == "file" and os.path.isdir(sft.config.data.path)
     pairs = addition_pairs(10)
-    reward = RewardTrainer({"output_dir": str(tmp_path / "rm"), **SMALL, "max_steps": 1, "progress": False,
-                            "optim": {"batch_size": 4, "micro_batch_size": 4}, "save_every": 0,
-                            "data.rule_negatives": False, "normalize.reference_samples": 8},  # fmt: skip
-                           model=str(tmp_path / "sft" / "final"), train_dataset=pairs[:8], eval_dataset=pairs[8:])
+    reward = RewardTrainer(
+        {
+            "output_dir": str(tmp_path / "rm"),
+            **SMALL,
+            "max_steps": 1,
+            "progress": False,
+            "optim": {"batch_size": 4, "micro_batch_size": 4},
+            "save_every": 0,
+            "data.rule_negatives": False,
+            "normalize.reference_samples": 8,
+        },
+        model=str(tmp_path / "sft" / "final"),
+        train_dataset=pairs[:8],
+        eval_dataset=pairs[8:],
+    )
     summary = reward.train()
     assert (summary["data/pairs"], summary["data/rule_pairs"], summary["data/eval"]) == (8, 0, 2)
     assert (tmp_path / "rm" / "final" / "reward_normalization.json").is_file()

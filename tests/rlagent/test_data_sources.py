@@ -56,4 +56,5 @@ def test_held_out_file_and_rule_negatives_announced(tmp_path, capsys):
     cfg.data.resolve_source("rlagent reward")
     _, eval_set, _, stats = prepare_data(cfg, build_tiny_tokenizer())
     assert (stats["data/pairs"], len(eval_set), stats["data/rule_pairs"]) == (6, 3, 6)  # one rule negative per pair
-    assert "6 rule-built negative pair(s) added to 6 training pairs (data.rule_negatives=true" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 rule-built negative pair(s) added to 6 training pairs (data.rule_negatives=true" in out

@@ -38,7 +38,8 @@ def test_tensorboard_run_folder_config_text_and_hparams(tmp_path):
 
     (start,) = [v for v in values if v.tag == "_hparams_/session_start_info"]
     session = plugin_data_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content).session_start_info
-    assert session.hparams["algo.kl_coef"].number_value == 0.05 and session.hparams["tags"].string_value == "ablation, kl"
+    assert session.hparams["algo.kl_coef"].number_value == 0.05
+    assert session.hparams["tags"].string_value == "ablation, kl"
     assert session.hparams["env.ids"].string_value == "['a', 'b']"
 
 
