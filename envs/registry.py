@@ -116,7 +116,7 @@ def _from_module(spec: str, kwargs: dict) -> gym.Env:
         if attr in gym.registry:  # gymnasium's own form: importing the module registered the id
             return _from_registry(attr, spec, kwargs)
         raise EnvSpecError(f"rlagent: environment {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    return _build(getattr(module, attr), spec, kwargs)
+    return build_object(getattr(module, attr), spec, kwargs)
 
 
 def _import(module_name: str, spec: str):
@@ -135,8 +135,8 @@ def _import(module_name: str, spec: str):
                            f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
 
 
-def _build(obj: object, spec: str, kwargs: dict) -> gym.Env:
-    """Construct or call `obj`; wrap TRL-style classes and instances."""
+def build_object(obj: object, spec: str, kwargs: dict) -> gym.Env:
+    """Construct or call `obj` (what `spec` names); wrap TRL-style classes and instances."""
     from envs.trl_adapter import TRLEnvironment
 
     if is_trl_style(obj):

@@ -82,6 +82,11 @@ class TRLEnvironment(ToolUseEnv):
         self._row: dict = {}
         self._prompt: list[dict] = []
 
+    @property
+    def row(self) -> dict:
+        """The task row of the current episode (its columns go to TRL-style reward functions); {} without tasks."""
+        return self._row
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
         """Start an episode on row `seed % len(tasks)` (or the env's own data); returns (prompt text, info)."""
         super(ToolUseEnv, self).reset(seed=seed)

@@ -3,7 +3,8 @@
 One process:        rlagent ppo --config configs/quickstart/ppo.yaml   (same as: python rlagent/train_ppo.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_ppo.py --config ... (CPU: gloo)
 GPUs / DeepSpeed:   accelerate launch --config_file configs/accelerate/zero2.yaml rlagent/train_ppo.py --config ...
-From Python:        train_ppo.main(["--config", ...], callbacks=[MyCallback()])   (hooks: see `Callback`)
+From Python:        rlagent.PPOTrainer(config, model=..., env=..., reward_funcs=...).train()   (README "Python API")
+                    or train_ppo.main(["--config", ...], callbacks=[MyCallback()])   (hooks: see `Callback`)
 
 Per iteration (`PPOTrainer.iteration`): 1 rollout · 2 score · 3 old/ref log-probs and values · 4 per-token rewards ·
 5 advantages · 6 PPO epochs · 7 KL controller and curriculum · 8 log · 9 checkpoint. An iteration whose episodes
@@ -42,6 +43,7 @@ from rlagent.training.checkpoints import load_checkpoint, resolve_resume, save_c
 from rlagent.training.episode_scores import score_episodes
 from rlagent.training.guards import StepGuard
 from rlagent.training.ppo_config import AlgoConfig, PPOConfig  # PPOConfig: users import it from here (README)
+from rlagent.training.ppo_metrics import iteration_metrics
 from rlagent.training.ppo_models import batched, forward_policy, forward_value, load_models, reference_context
 from rlagent.training.setup import build_optimizer, check_batch_shape, make_accelerator, set_seed
 from rlagent.training.step import optimizer_step, restore_training_state, training_state
@@ -151,7 +153,8 @@ class Iteration:
 class PPOTrainer:
     """Multi-turn PPO: `PPOTrainer(cfg, callbacks).train()` runs `cfg.max_steps` iterations and returns the summary."""
 
-    def __init__(self, cfg: PPOConfig, callbacks: list[Callback] | tuple = ()):
+    def __init__(self, cfg: PPOConfig, callbacks: list[Callback] | tuple = (), reward_funcs: list | tuple = ()):
+        """`reward_funcs`: reward functions (callables) added after cfg.reward.functions (the Python API's)."""
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.accelerator = make_accelerator(cfg.model.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -160,7 +163,8 @@ class PPOTrainer:
         self.estimator = get_adv_estimator(cfg.algo.estimator)  # its traits: critic? groups? (registry.py)
         self.group = cfg.algo.group_size if self.estimator.needs_groups else 1
         try:  # before the models: a bad spec should cost a second, not a model load
-            self.reward_functions = load_reward_functions(cfg.reward.functions, cfg.reward.function_weights)
+            specs = [*cfg.reward.functions, *reward_funcs]
+            self.reward_functions = load_reward_functions(specs, cfg.reward.function_weights)
         except RewardFunctionError as err:
             raise ConfigError(str(err)) from None
         self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
@@ -302,7 +306,7 @@ class PPOTrainer:
     def score(self, it: Iteration) -> tuple[torch.Tensor, torch.Tensor, dict]:
         inject_nan = self.cfg.inject_nan_reward_at == it.step - 1
         scores, policy_mask, stats = score_episodes(
-            self.cfg.reward, it.traj, self.reward_model, self.tokenizer, inject_nan, self.reward_functions
+            self.cfg.reward, it.traj, self.reward_model, self.tokenizer, inject_nan, self.reward_functions, self.envs
         )
         return scores.to(self.accelerator.device), policy_mask.to(self.accelerator.device), stats
 
@@ -413,44 +417,20 @@ class PPOTrainer:
         metrics = self.metrics(it)
         self.tracker.log(metrics, step=it.step)
         every = self.cfg.log_samples_every
-        if every and it.step % every == 0:
+        if every and (it.step % every == 0 or it.step == self.cfg.max_steps):  # the last iteration always shows
             shown = dataclasses.replace(it.traj, policy_mask=it.policy_mask.cpu())  # what was trained on
-            rows = sample_rows(shown, self.tokenizer, self.env_names, it.scores.cpu())
-            self.tracker.log_table("samples", *rows, step=it.step)
+            columns, rows = sample_rows(shown, self.tokenizer, self.env_names, it.scores.cpu())
+            self.tracker.log_table("samples", columns, rows, step=it.step, split_by="env")
         for callback in self.callbacks:
             callback.on_iteration(self, it.step, metrics)
         return metrics
 
     def metrics(self, it: Iteration) -> dict:
-        """The metric names of docs/ppo.md §I, averaged over processes (README "Metrics glossary")."""
-        traj, mask = it.traj, it.policy_mask
-        out = {"objective/scores": self._mean(it.scores)}
-        if not it.skipped:
-            out["objective/kl"] = it.episode_kl
-            out["objective/kl_coef"] = self.kl_ctl.value
-            out["objective/non_score_reward"] = self._mean(it.non_score.sum(1))
-            out["objective/rlhf_reward"] = self._mean(it.scores + it.non_score.sum(1))
-        out["env/success_rate"], out["env/episode_reward"] = self._mean(traj.success), self._mean(traj.env_reward)
-        for name in ("turns", "tool_calls", "invalid_tool_calls", "truncated"):
-            out[f"env/{name}"] = self._mean(getattr(traj, name))
-        out["env/render_mismatch"] = self._mean(torch.tensor(traj.render_mismatch, dtype=torch.float32))
-        out["response_length"] = self._mean(mask.sum(1))
-        out["eos_rate"] = self._mean(1.0 - traj.missing_eos)
-        out["train/lr"] = self.scheduler.get_last_lr()[0]
-        out["timing/rollout_s"], out["timing/train_s"] = it.t_rollout, it.t_train
-        out["perf/tokens_per_s"] = traj.generated_tokens / max(it.t_rollout, 1e-9)
-        out.update({**it.score_stats, **it.update, **self.curriculum.metrics()})
-        # Diagnostics of this process's tokens; a process whose episodes were all dropped has none to report.
-        if self.value is not None and not it.skipped and bool(mask.any()):
-            out["val/explained_variance"] = float(core.explained_variance(it.old_values, it.returns, mask))
-            out["val/mean"] = float(core.masked_mean(it.old_values, mask))
-        if not it.skipped:  # sampler (generation backend) vs learner log-probs on the trained tokens
-            sampler = it.traj.sampler_logprobs.to(it.old_logprobs.device)
-            out.update(core.sampler_mismatch(it.old_logprobs, sampler, mask))
-        out["train/skipped_iteration"] = float(it.skipped)
-        return out
+        """The logged row (rlagent/training/ppo_metrics.py; README "Metrics glossary"), averaged over processes."""
+        return iteration_metrics(self, it)
 
-    def _mean(self, x) -> float:
+    def mean(self, x) -> float:
+        """Mean of this process's values, averaged over processes."""
         tensor = torch.as_tensor(x, dtype=torch.float32, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor.mean(), "mean"))
 
@@ -584,6 +564,9 @@ def _accumulate(stats: dict, new: dict, weight: float) -> None:
             stats[key] = max(stats.get(key, value), value)
         else:
             stats[key] = stats.get(key, 0.0) + value * weight
+
+
+CONFIG = PPOConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
 
 
 def main(argv: list[str] | None = None, callbacks: list[Callback] | tuple = ()) -> dict:

@@ -3,6 +3,7 @@
 One process:        rlagent reward --config configs/quickstart/reward.yaml [--pairs-out pairs.jsonl]
                     (same as: python rlagent/train_reward.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_reward.py --config ... (CPU: gloo)
+From Python:        rlagent.RewardTrainer(config, model=..., train_dataset=pairs).train()   (README "Python API")
 
 Pairs come from a TRL-style JSONL file (data.path) or from the environments' scripted experts (data.source: expert),
 enlarged with rule-built negatives (reward_models/pairs.py). optim.batch_size counts PAIRS per optimizer step; the
@@ -59,7 +60,10 @@ from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 class RewardDataConfig(DataSourceConfig):
     """Where preference pairs come from."""
 
-    path: str | None = doc("JSONL of TRL-style pairs: prompt + chosen/rejected, or whole conversations.", None)
+    path: str | None = doc(
+        "TRL-style pairs (prompt + chosen/rejected, or whole conversations): a file, save_to_disk folder or Hub id.",
+        None,
+    )
     pairs: int = doc("Expert pairs per environment (source: expert).", 400, range=AT_LEAST_ONE)
     noise: float = doc("Expert noise for the failed (rejected) episodes (source: expert).", 0.5, range=FRACTION)
     rule_negatives: bool = doc("Add rule-built negatives from each training pair's chosen conversation.", True)
@@ -117,7 +121,7 @@ class TokenizedPair:
 
 
 def load_pairs(cfg: RewardConfig) -> list[dict]:
-    """Pairs from a JSONL file or from the scripted experts of `envs`."""
+    """Pairs from a data file or from the scripted experts of `envs`."""
     if cfg.data.source == "file":
         return read_pairs(cfg.data.checked_path())
     from envs.experts import generate_preference_pairs
@@ -156,14 +160,20 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[list, list, list, dict]:
     pairs = load_pairs(cfg)
     order = list(range(len(pairs)))
     random.Random(cfg.seed).shuffle(order)
-    n_eval = max(1, int(len(pairs) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
-    eval_pairs = [pairs[i] for i in order[:n_eval]]
-    train_pairs = [pairs[i] for i in order[n_eval:]]
-    rule_pairs = (
-        rule_negative_pairs(train_pairs, cfg.seed, cfg.data.rule_negatives_per_pair or None, cfg.data.rule_kinds)
-        if cfg.data.rule_negatives
-        else []
-    )
+    if cfg.data.source == "file" and cfg.data.eval_path:
+        eval_pairs, train_pairs = read_pairs(cfg.data.checked_path("data.eval_path")), pairs
+    else:
+        n_eval = max(1, int(len(pairs) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
+        eval_pairs, train_pairs = [pairs[i] for i in order[:n_eval]], [pairs[i] for i in order[n_eval:]]
+    rule_pairs = []
+    if cfg.data.rule_negatives:
+        kinds, per_pair = cfg.data.rule_kinds, cfg.data.rule_negatives_per_pair or None
+        rule_pairs = rule_negative_pairs(train_pairs, cfg.seed, per_pair, kinds)
+        print(
+            f"rlagent reward: data: {len(rule_pairs)} rule-built negative pair(s) added to {len(train_pairs)} "
+            "training pairs (data.rule_negatives=true; false trains on the given pairs only)",
+            flush=True,
+        )
     if cfg.pairs_out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.pairs_out)), exist_ok=True)
         rows = [{**p, "split": "eval"} for p in eval_pairs] + [
@@ -243,9 +253,20 @@ def pop_pairs_out(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, path
 
 
+CONFIG = RewardConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """`rlagent reward --config FILE [--pairs-out FILE] [key=value ...]`: the summary of `train`."""
     argv, pairs_out = pop_pairs_out(sys.argv[1:] if argv is None else argv)
-    cfg = parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
+    return train(
+        parse_args(RewardConfig, argv + ([f"pairs_out={pairs_out}"] if pairs_out else []), prog="rlagent reward")
+    )
+
+
+def train(cfg: RewardConfig) -> dict:
+    """Run stage 2 on a resolved config (the CLI's and the Python API's RewardTrainer path); returns the summary."""
+    cfg.data.resolve_source("rlagent reward")
     accelerator = make_accelerator(cfg.model.dtype)
     set_seed(cfg.seed, accelerator.process_index)
     check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent reward", "pairs")  # before the pairs

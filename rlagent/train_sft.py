@@ -3,6 +3,7 @@
 One process:        rlagent sft --config configs/quickstart/sft.yaml   (same as: python rlagent/train_sft.py ...)
 Several processes:  accelerate launch --multi_gpu --num_processes 2 rlagent/train_sft.py --config ... (CPU: gloo)
 GPUs / DeepSpeed:   accelerate launch --config_file configs/accelerate/ddp.yaml rlagent/train_sft.py --config ...
+From Python:        rlagent.SFTTrainer(config, model=..., train_dataset=...).train()   (README "Python API")
 
 The loss is a token mean over the GLOBAL batch (all micro-batches, all processes), so the same global batch gives
 the same update whatever the accumulation steps or process count.
@@ -50,7 +51,10 @@ from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 class SFTDataConfig(DataSourceConfig):
     """Where demonstrations come from."""
 
-    path: str | None = doc("JSONL of {'messages': [...], 'tools': [...]} conversations (source: file).", None)
+    path: str | None = doc(
+        "Conversations {'messages': [...], 'tools': [...]}: a JSONL/Parquet/JSON file, save_to_disk folder or Hub id.",
+        None,
+    )
     episodes: int = doc("Expert episodes per environment (source: expert).", 400, range=AT_LEAST_ONE)
     noise: float = doc(
         "Expert noise: probability of a deliberate mistake per episode (source: expert).", 0.0, range=FRACTION
@@ -80,11 +84,13 @@ class SFTConfig(SupervisedConfig):
     )
 
 
-def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
-    """Demonstrations from a JSONL file (streamed line by line) or from the scripted experts of `envs`, and a key
-    that changes whenever the input does (for the tokenised-data cache)."""
+def load_conversations(cfg: SFTConfig, key: str = "data.path") -> tuple[Iterable[dict], str]:
+    """Demonstrations from a data file (streamed record by record; `key` data.eval_path: the held-out file) or from
+    the scripted experts of `envs`, and a key that changes whenever the input does (for the tokenised-data cache)."""
     if cfg.data.source == "file":
-        path = cfg.data.checked_path()
+        path = cfg.data.checked_path(key)
+        if not os.path.exists(path):  # a Hub dataset id: the cache key is the id
+            return iter_conversations(path), f"hub|{path}"
         stat = os.stat(path)
         return iter_conversations(path), f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     from envs.experts import generate_demonstrations
@@ -106,15 +112,21 @@ def load_conversations(cfg: SFTConfig) -> tuple[Iterable[dict], str]:
 
 
 def prepare_data(cfg: SFTConfig, tokenizer, rank: int = 0) -> tuple[TokenizedDataset, TokenizedDataset, dict]:
-    """Tokenise into an Arrow table (datasets), split train/eval deterministically, count truncations (never drop
-    silently). Each process writes its own table under OUTPUT_DIR/data/rankN, so processes never race."""
+    """Tokenise into an Arrow table (datasets), split train/eval deterministically (or read data.eval_path), count
+    truncations (never drop silently). Each process writes its own tables under OUTPUT_DIR/data/rankN, so processes
+    never race."""
     rows, key = load_conversations(cfg)
     cache_dir = os.path.join(cfg.output_dir, "data", f"rank{rank}")
     tokenized = tokenized_dataset(rows, tokenizer, cfg.max_length, cache_dir, key)
     order = list(range(len(tokenized)))
     random.Random(cfg.seed).shuffle(order)
-    n_eval = max(1, int(len(order) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
-    eval_set, train_set = tokenized.subset(order[:n_eval]), tokenized.subset(order[n_eval:])
+    if cfg.data.source == "file" and cfg.data.eval_path:
+        eval_rows, eval_key = load_conversations(cfg, "data.eval_path")
+        eval_dir = os.path.join(cfg.output_dir, "data", f"rank{rank}-eval")
+        eval_set, train_set = tokenized_dataset(eval_rows, tokenizer, cfg.max_length, eval_dir, eval_key), tokenized
+    else:
+        n_eval = max(1, int(len(order) * cfg.data.eval_fraction)) if cfg.data.eval_fraction > 0 else 0
+        eval_set, train_set = tokenized.subset(order[:n_eval]), tokenized.subset(order[n_eval:])
     truncated, mean_tokens = tokenized.column_stats()
     stats = {
         "data/conversations": len(tokenized),
@@ -190,8 +202,17 @@ def sft_task(cfg, train_set, eval_set, data_stats: dict, pad_id: int, device, na
     )
 
 
+CONFIG = SFTConfig  # the stage's config class (the Python API, rlagent/api.py, resolves configs with it)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(SFTConfig, argv, prog="rlagent sft")
+    """`rlagent sft --config FILE [key=value ...]`: the summary of `train`."""
+    return train(parse_args(SFTConfig, argv, prog="rlagent sft"))
+
+
+def train(cfg: SFTConfig) -> dict:
+    """Run stage 1 on a resolved config (the CLI's and the Python API's SFTTrainer path); returns the summary."""
+    cfg.data.resolve_source("rlagent sft")
     accelerator = make_accelerator(cfg.model.dtype)
     set_seed(cfg.seed, accelerator.process_index)
     check_batch_shape(cfg.optim, accelerator.num_processes, "rlagent sft")  # fail before the data is built

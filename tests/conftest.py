@@ -65,7 +65,7 @@ def demo_jsonl(tmp_path_factory) -> str:
     return str(path)
 
 
-def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool = True):
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool = True, cwd: str = ROOT):
     """Run `rlagent ...` (or another venv binary) as a subprocess; return the CompletedProcess."""
     full_env = {
         **os.environ,
@@ -75,7 +75,7 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None, check: bool
         **(env or {}),
     }
     cmd = list(args) if args[0] != "rlagent" else [os.path.join(BIN, "rlagent"), *args[1:]]
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -106,7 +106,9 @@ def assert_metrics_documented(output_dir) -> None:
     glossary = readme[readme.index("## Metrics glossary") : readme.index("## How PPO is done here")]
     keys = {key for row in read_metrics(output_dir) for key in row} - {"step"}
     generic = {re.sub(r"^curriculum/.+_level$", "curriculum/<env>_level", key) for key in keys}
-    generic = {re.sub(r"^reward/(?!function_errors$).+$", "reward/<name>", key) for key in generic}
+    generic = {re.sub(r"^reward/(?!function_errors$)[^/]+/(mean|std)$", r"reward/<name>/\1", key) for key in generic}
+    generic = {re.sub(r"^reward/(?!function_errors$)[^/]+$", "reward/<name>", key) for key in generic}
+    generic = {re.sub(r"^env/.+/success_rate$", "env/<id>/success_rate", key) for key in generic}
     missing = sorted(key for key in generic if f"`{key}`" not in glossary)
     assert not missing, f"metrics logged but not explained in the README glossary: {missing}"
 

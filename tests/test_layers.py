@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("envs", "rlagent", "reward_models")
 
 # The layers, left to right, ARE the packages: a module's layer is its top-level package, or for rlagent the
-# subpackage it lives in (the stage scripts rlagent/train_*.py and the package root are the "stages" layer).
+# subpackage it lives in (the stage scripts rlagent/train_*.py, the Python API over them, rlagent/api.py, and the
+# package root are the "stages" layer).
 LAYER_ORDER = ("envs", "common", "reward_models", "algorithms", "rollout", "training", "stages", "serving", "cli")
 LAYER_DOCS = {
     "envs": "environments, tools, tasks and the scripted experts: plain Python, no training code",
@@ -29,7 +30,7 @@ LAYER_DOCS = {
     "algorithms": "rlagent/algorithms: the RL math, pure tensor functions",
     "rollout": "rlagent/rollout: the multi-turn engine, generation, policies, episode schedule, transcripts",
     "training": "rlagent/training: the supervised loop, PPO's models and update, checkpoints, tracking",
-    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py, train_distill.py (users launch them by path)",
+    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py, train_distill.py (launched by path), api.py over them",
     "serving": "rlagent/serving: export (HF, ONNX, INT8), the OpenAI-compatible server, A/B arms, request log",
     "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart, sweep, export, serve",
 }
@@ -98,8 +99,9 @@ def layer_of(module: str) -> str:
     if parts[0] != "rlagent":
         return parts[0]
     layer = parts[1] if len(parts) > 1 and parts[1] in LAYER_ORDER else "stages"
-    assert layer != "stages" or len(parts) == 1 or parts[1].startswith("train_"), (
-        f"{module} sits at the top of rlagent/: only the stage scripts train_*.py do; move it into a layer's package"
+    assert layer != "stages" or len(parts) == 1 or parts[1].startswith("train_") or parts[1] == "api", (
+        f"{module} sits at the top of rlagent/: only the stage scripts train_*.py and their Python API (api.py) do; "
+        "move it into a layer's package"
     )
     return layer
 

@@ -8,7 +8,7 @@
 default), `scripted` (the scripted expert; mistakes with probability --noise per episode) or `random` (random text and
 often malformed tool calls). Episode i is reset with seed S+i. `--save` writes one JSON object per episode (messages,
 tools, reward and its components, success, turns, token ids and policy mask); scripted episodes are directly usable
-as SFT data (`rlagent sft data.source=file data.path=FILE`).
+as SFT data (`rlagent sft data.path=FILE`).
 """
 
 from __future__ import annotations

@@ -188,26 +188,34 @@ class OptimConfig:
 
 @dataclass
 class DataSourceConfig:
-    """Where a supervised stage's examples come from: a JSONL file, or the scripted experts of `envs`."""
+    """Where a supervised stage's examples come from: a data file or Hub dataset, or the scripted experts of `envs`."""
 
-    source: Literal["file", "expert"] = doc(
-        "'file' reads data.path; 'expert' has the scripted experts play.", "expert"
+    source: Literal["file", "expert"] | None = doc(
+        "'file' reads data.path; 'expert' has the scripted experts play; null = 'file' when data.path is set.", None
     )
-    path: str | None = doc("JSONL file of examples (source: file).", None)
+    path: str | None = doc("Data file, save_to_disk folder or Hub dataset id (source: file).", None)
+    eval_path: str | None = doc("Held-out examples (like data.path); null = hold out data.eval_fraction.", None)
     env_ids: list[str] = doc(
         "Environments the experts play (source: expert).", factory=lambda: ["rlagent/Calculator-v0"]
     )
 
-    def checked_path(self) -> str:
-        """data.path when source is 'file': set, and an existing file."""
-        if not self.path:
-            raise ConfigError("data.path must be set when data.source is 'file'")
-        from rlagent.common.data import (
-            check_input_file,  # lazily: data imports torch, and the CLI's config precheck must not
-        )
+    def resolve_source(self, prog: str) -> None:
+        """data.source, inferred from data.path when unset (said in one line); a path under source=expert: error."""
+        if self.source == "expert" and self.path:
+            raise ConfigError(f"data.path={self.path} is set but data.source=expert ignores it; drop data.source")
+        if self.source is None and self.path:
+            print(f"{prog}: data: reading data.path={self.path} (data.source=file, inferred from data.path)")
+        self.source = self.source or ("file" if self.path else "expert")
 
-        check_input_file(self.path, "data.path")
-        return self.path
+    def checked_path(self, key: str = "data.path") -> str:
+        """data.path (or data.eval_path) when source is 'file': set, and an existing file, folder or Hub id."""
+        path = self.path if key == "data.path" else self.eval_path
+        if not path:
+            raise ConfigError(f"{key} must be set when data.source is 'file'")
+        from rlagent.common.data import check_input_file  # lazily: data imports torch, the CLI's precheck must not
+
+        check_input_file(path, key)
+        return path
 
 
 @dataclass
@@ -235,6 +243,8 @@ class StageConfig:
     keep_checkpoints: int = doc("How many recent checkpoints to keep.", 2, range=AT_LEAST_ONE)
     progress: bool = doc("Show a rich progress bar.", True)
     wandb_project: str = doc("W&B project name.", "rlagent")
+    run_name: str | None = doc("Run name: W&B's, and the TensorBoard run folder OUTPUT_DIR/tensorboard/NAME.", None)
+    tags: list[str] = doc("Tags for the run (W&B tags; TensorBoard text and hparams).", factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

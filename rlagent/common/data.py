@@ -9,7 +9,9 @@ Where data can come from (`iter_records`; SFT conversations and preference pairs
   `datasets`' JSON reader turns nested objects of differing shapes into strings); use JSONL or Parquet for large
   data;
 - a folder written by `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`: its "train" split): memory-mapped
-  Arrow (`datasets.load_from_disk`), read row by row.
+  Arrow (`datasets.load_from_disk`), read row by row;
+- a Hugging Face Hub dataset id (`owner/name`, nothing of that name here): `datasets.load_dataset(id, split="train")`
+  (offline, HF_HUB_OFFLINE=1, only what the local cache holds: otherwise one line says so).
 Arrow stores a list of dicts with one schema, filling keys a dict lacks with null; those nulls are dropped again
 (`drop_nulls`), so a message or tool schema comes back as it was written (a key written as an explicit null is lost).
 A `tools` column holding a JSON string (as some Hub datasets store it) is parsed (in Parquet/Arrow/folders only: in
@@ -22,6 +24,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,9 +51,17 @@ def is_saved_dataset(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json"))
 
 
+def is_hub_id(path: str) -> bool:
+    """`owner/name` with nothing of that name on disk and no data-file suffix: a Hugging Face Hub dataset id."""
+    suffix = os.path.splitext(path)[1].lower()
+    known = suffix in (".jsonl", ".json", ".txt", *DATASETS_SUFFIXES)
+    return not os.path.exists(path) and not known and re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None
+
+
 def check_input_file(path: str, key: str = "data.path") -> None:
-    """A data path must be a readable regular file or a `save_to_disk` folder; the error says what it is instead."""
-    if os.path.isdir(path) and is_saved_dataset(path):
+    """A data path must be a readable regular file, a `save_to_disk` folder or a Hub dataset id; the error says what
+    it is instead."""
+    if (os.path.isdir(path) and is_saved_dataset(path)) or is_hub_id(path):
         return
     if os.path.isdir(path):
         raise DataError(f"{key}: {path} is a directory, not a JSONL file")
@@ -145,6 +156,9 @@ def iter_records(path: str) -> Iterator[tuple[str, dict]]:
     """(where, record) for each record of a JSONL file, a Parquet/JSON/Arrow file or a save_to_disk folder (see the
     module doc); `where` is `file:line` for JSONL, `path[row]` (0-based) otherwise."""
     suffix = os.path.splitext(path)[1].lower()
+    if is_hub_id(path):
+        yield from ((f"{path}[{i}]", drop_nulls(row)) for i, row in enumerate(hub_rows(path)))
+        return
     if suffix == ".json" and not os.path.isdir(path) and _starts_with_array(path):
         yield from _json_array_rows(path)
         return
@@ -156,6 +170,22 @@ def iter_records(path: str) -> Iterator[tuple[str, dict]]:
         where, row = f"{path}[{i}]", drop_nulls(row)
         parse_tools_field(row, where)
         yield where, row
+
+
+def hub_rows(dataset_id: str):
+    """The train split of a Hub dataset through `datasets.load_dataset`; offline without a cached copy, one line."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(dataset_id, split="train")
+    except Exception as err:
+        offline = {os.environ.get(name, "0").lower() for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+        if offline & {"1", "true", "yes"}:
+            raise DataError(f"data.path: {dataset_id!r} is no local file or folder, and as a Hugging Face Hub "
+                            "dataset it needs the network: HF_HUB_OFFLINE is set and no cached copy was found "
+                            "(download it once online, or give a local file)") from None  # fmt: skip
+        raise DataError(f"data.path: Hub dataset {dataset_id!r} cannot be loaded: {type(err).__name__}: "
+                        f"{str(err)[:200]}") from None  # fmt: skip
 
 
 def _starts_with_array(path: str) -> bool:

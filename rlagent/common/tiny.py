@@ -89,6 +89,25 @@ def _trained_backend_json() -> str:
     return backend.to_str()
 
 
+# How an assistant turn of CHAT_TEMPLATE parses back into a message (transformers' `response_template`, saved in
+# tokenizer_config.json): TRL's GRPOTrainer reads tool calls with it. The shape of TRL's qwen3_template, minus
+# reasoning: <tool_call> JSON blocks, then text up to <|im_end|>.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": f"{IM_START}assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (bytes + merges from our task corpus), then pad, eos, chat and tool markers."""
     backend = Tokenizer.from_str(_trained_backend_json())
@@ -98,6 +117,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
     tokenizer.add_tokens(TOOL_TOKENS, special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.response_template = RESPONSE_TEMPLATE
     return tokenizer
 
 

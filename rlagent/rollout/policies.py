@@ -20,7 +20,7 @@ import torch
 from transformers.utils import logging
 
 from rlagent.common.chat import encode
-from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ConfigError, ModelConfig, arg_type
+from rlagent.common.config import AT_LEAST_ONE, FRACTION, POSITIVE, ConfigError, ModelConfig, arg_type, env_spec_errors
 from rlagent.common.modeling import load_causal_lm, load_tokenizer
 from rlagent.rollout.backends.hf import HFBackend
 from rlagent.rollout.decoding import ModelPolicy
@@ -42,7 +42,13 @@ class TextPolicy:
         self.eos_id = tokenizer.eos_token_id
 
     def act(self, episodes: list) -> list[list[int]]:
-        return [self.encode(self._actor(ep)(ep.messages, ep.task)) for ep in episodes]
+        texts = []
+        for ep in episodes:
+            actor = self._actor(ep)
+            # An actor that plays any environment (random) reads the tool schemas the episode was shown.
+            texts.append(actor(ep.messages, ep.task, ep.tools) if getattr(actor, "takes_tools", False)
+                         else actor(ep.messages, ep.task))  # fmt: skip
+        return [self.encode(text) for text in texts]
 
     def encode(self, text: str) -> list[int]:
         return encode(self.tokenizer, text) + [self.eos_id]
@@ -88,9 +94,9 @@ def add_policy_arguments(parser: argparse.ArgumentParser, greedy_default: bool) 
     parser.add_argument("--no-prefix-cache", action="store_true", help="Prefill each prompt in full.")
 
 
-def random_actor(seed: int) -> Callable[[list[dict], dict], str]:
-    """A per-episode random policy: printable noise, tool calls (often malformed) and random final answers."""
-    from envs.experts import TOOL_OF_FAMILY
+def random_actor(seed: int) -> Callable[[list[dict], dict, list | None], str]:
+    """A per-episode random policy: printable noise, calls to the environment's own tools (from the schemas it was
+    shown; arguments drawn by their JSON type), the usual breakages, and random final answers."""
     from envs.parsing import format_tool_call
 
     rng = random.Random(seed)
@@ -98,24 +104,59 @@ def random_actor(seed: int) -> Callable[[list[dict], dict], str]:
     def noise(n: int) -> str:
         return "".join(rng.choice(PRINTABLE) for _ in range(rng.randint(1, n)))
 
-    def act(messages: list[dict], task: dict) -> str:
-        name, argument = TOOL_OF_FAMILY.get(task.get("family"), ("calculator", "expression"))
+    def act(messages: list[dict], task: dict, tools: list | None = None) -> str:
+        name, arguments = random_call(rng, tools, task, noise)
         roll = rng.random()
         if roll < 0.15:
             return noise(40)
         if roll < 0.4:
-            return format_tool_call(name, {argument: noise(12)})
+            return format_tool_call(name, arguments)
         if roll < 0.85:  # the usual breakages: cut-off JSON, unclosed tag, wrong name
             return rng.choice(
                 [
                     "<tool_call>{" + noise(20),
                     "<tool_call>" + noise(20) + "</tool_call>",
-                    format_tool_call(noise(6), {argument: noise(8)}),
+                    format_tool_call(noise(6), arguments),
                 ]
             )
         return f"The answer is {rng.randint(-100, 10_000)}."
 
+    act.takes_tools = True
     return act
+
+
+def random_call(rng: random.Random, tools: list | None, task: dict, noise: Callable[[int], str]) -> tuple[str, dict]:
+    """(tool name, arguments): a tool drawn from the schemas (each argument a random value of its JSON type); with
+    no schemas, the built-in family's tool."""
+    from envs.experts import TOOL_OF_FAMILY
+
+    functions = [tool.get("function", tool) for tool in tools or [] if isinstance(tool, dict)]
+    if not functions:
+        name, argument = TOOL_OF_FAMILY.get(task.get("family"), ("calculator", "expression"))
+        return name, {argument: noise(12)}
+    function = rng.choice(functions)
+    properties = (function.get("parameters") or {}).get("properties") or {}
+    draw = {
+        "integer": lambda: rng.randint(-100, 100),
+        "number": lambda: round(rng.uniform(-100, 100), 2),
+        "boolean": lambda: rng.random() < 0.5,
+    }
+    arguments = {key: draw.get(spec.get("type"), lambda: noise(12))() for key, spec in properties.items()}
+    return function.get("name", noise(6)), arguments
+
+
+def check_scripted(env_spec: str) -> None:
+    """`--policy scripted` needs an expert: a built-in family, or tasks that carry `Task.solution`; else one line."""
+    from envs.experts import TOOL_OF_FAMILY
+    from envs.registry import make_env
+
+    env = make_env(env_spec, split="test")
+    task = env.reset(seed=0)[1].get("task") or {}
+    if task.get("family") not in TOOL_OF_FAMILY and not task.get("solution"):
+        raise ConfigError(
+            f"--policy scripted: environment {env_spec!r} has no scripted expert (its tasks carry no Task.solution); "
+            "use --policy random, a model folder, or give its tasks a solution"
+        )
 
 
 def scripted_actor(noise: float) -> Callable[[int], Callable]:
@@ -127,6 +168,11 @@ def scripted_actor(noise: float) -> Callable[[int], Callable]:
 
 def load_policy(spec: str, args: argparse.Namespace, greedy: bool):
     """(policy, tokenizer) for a model folder, .gguf file, short name, 'tiny', 'scripted' or 'random'."""
+    if spec == "scripted":
+        env_specs = getattr(args, "env", None) or []
+        for env_spec in [env_specs] if isinstance(env_specs, str) else env_specs:
+            with env_spec_errors("--env"):
+                check_scripted(env_spec)
     if spec in ("scripted", "random"):
         tokenizer = load_tokenizer(args.tokenizer or "tiny", "--tokenizer")
         make = scripted_actor(args.noise) if spec == "scripted" else random_actor

@@ -245,10 +245,13 @@ def render_transcript(tokenizer, input_ids, policy_mask, attention_mask) -> str:
 
 
 def sample_rows(traj, tokenizer, env_names: list[str], scores, n: int = 4) -> tuple[list[str], list[list]]:
-    """(columns, rows) for the sample-trajectory table: the first n episodes of the batch."""
+    """(columns, rows) for the sample-trajectory table: the first n episodes of each environment in the batch."""
     columns = ["env", "task", "transcript", "score", "env_reward", "success", "turns"]
-    rows = []
-    for i in range(min(n, len(traj))):
+    rows, shown = [], {}
+    for i in range(len(traj)):
+        shown[env_names[i]] = shown.get(env_names[i], 0) + 1
+        if shown[env_names[i]] > n:
+            continue
         task = traj.tasks[i].get("prompt", "") if isinstance(traj.tasks[i], dict) else str(traj.tasks[i])
         transcript = render_transcript(tokenizer, traj.input_ids[i], traj.policy_mask[i], traj.attention_mask[i])
         rows.append(

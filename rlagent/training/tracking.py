@@ -55,6 +55,8 @@ class Tracker:
         project: str,
         enabled: bool = True,
         resume_step: int | None = None,
+        run_name: str | None = None,
+        tags: list[str] | tuple = (),
     ):
         unknown = set(report_to) - set(REPORTERS)
         if unknown:
@@ -75,11 +77,15 @@ class Tracker:
             import wandb
 
             # WANDB_MODE=offline works with no network; `wandb sync OUTPUT_DIR/wandb/offline-run-*` uploads later.
-            self._wandb = wandb.init(project=project, dir=output_dir, config=config, reinit="finish_previous")
+            self._wandb = wandb.init(
+                project=project, dir=output_dir, config=config, reinit="finish_previous", name=run_name,
+                tags=list(tags) or None,
+            )  # fmt: skip
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard", *([run_name] if run_name else [])))
+            log_config_to_tensorboard(self._tb, config, tags)
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.enabled:
@@ -95,8 +101,11 @@ class Tracker:
                 if isinstance(value, int | float) and key != "step":
                     self._tb.add_scalar(key, value, step)
 
-    def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
-        """Sample trajectories: a W&B table, a TensorBoard text block, and OUTPUT_DIR/samples.jsonl."""
+    def log_table(
+        self, name: str, columns: list[str], rows: list[list], step: int, split_by: str | None = None
+    ) -> None:
+        """Sample trajectories: a W&B table, a TensorBoard text block, and OUTPUT_DIR/samples.jsonl. `split_by` (a
+        column) adds one W&B table per value, `NAME/VALUE` (the PPO samples: one table per environment)."""
         if not self.enabled:
             return
         with open(os.path.join(self.output_dir, "samples.jsonl"), "a", encoding="utf-8") as handle:
@@ -105,7 +114,13 @@ class Tracker:
         if self._wandb:
             import wandb
 
-            self._wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+            tables = {name: wandb.Table(columns=columns, data=rows)}
+            if split_by is not None:
+                at = columns.index(split_by)
+                for value in dict.fromkeys(row[at] for row in rows):
+                    part = [row for row in rows if row[at] == value]
+                    tables[f"{name}/{value}"] = wandb.Table(columns=columns, data=part)
+            self._wandb.log(tables, step=step)
         if self._tb:
             text = "\n\n".join(" | ".join(str(c) for c in row) for row in rows)
             self._tb.add_text(name, text, step)
@@ -130,8 +145,35 @@ class Tracker:
     def for_run(cls, cfg, enabled: bool, resume_step: int) -> Tracker:
         """The tracker of a stage run from its config's common keys (output_dir, report_to, wandb_project)."""
         return cls(
-            cfg.output_dir, cfg.report_to, config_to_dict(cfg), cfg.wandb_project, enabled, resume_step=resume_step
-        )
+            cfg.output_dir, cfg.report_to, config_to_dict(cfg), cfg.wandb_project, enabled, resume_step=resume_step,
+            run_name=cfg.run_name, tags=cfg.tags,
+        )  # fmt: skip
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested config; lists and None as strings (what TensorBoard's hparams accept)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
+
+
+def log_config_to_tensorboard(writer, config: dict, tags) -> None:
+    """The resolved config as a YAML text block and as hparams (the HPARAMS tab), and the tags, in the run itself."""
+    import yaml
+    from torch.utils.tensorboard.summary import hparams
+
+    writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
+    if tags:
+        writer.add_text("tags", ", ".join(tags), 0)
+    flat = flat_config(config)
+    if tags:
+        flat["tags"] = ", ".join(tags)
+    for summary in hparams(flat, {}):
+        writer.file_writer.add_summary(summary)
 
 
 class Progress:

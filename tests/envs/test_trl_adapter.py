@@ -176,7 +176,6 @@ def test_same_class_trains_one_step_in_trl_grpo(tmp_path):
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
-    from trl.chat_template_utils import qwen3_template
 
     from rlagent.common.config import TinyModelConfig
     from rlagent.common.tiny import build_tiny_model
@@ -188,8 +187,7 @@ def test_same_class_trains_one_step_in_trl_grpo(tmp_path):
             resets.append((target, row["prompt"][0]["content"]))
             super().reset(target, **row)
 
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.response_template = qwen3_template  # the tiny template writes Qwen-style <tool_call> JSON
+    tokenizer = build_tiny_tokenizer()  # carries its response_template: GRPOTrainer parses tool calls with it
     cfg = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
     model = build_tiny_model(cfg, tokenizer, seed=0).to(torch.float32)
     args = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, num_generations=2,

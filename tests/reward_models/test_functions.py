@@ -96,3 +96,121 @@ def test_only_numbers_are_scores(returned, expected):
         assert math.isnan(value) and "not a number" in error
     else:
         assert value == expected and error is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# TRL's batch signature: fn(completions, environments, **columns) -> one value per episode
+
+
+class Shop:
+    """A stand-in environment instance with state a TRL reward function reads."""
+
+    def __init__(self, bought: int) -> None:
+        self.bought = bought
+
+
+class GymLike(SimpleNamespace):
+    """A played env: `unwrapped.environment` is the TRL instance (as under envs.TRLEnvironment), `row` its task row."""
+
+    @property
+    def unwrapped(self):
+        return self
+
+
+def batch_traj() -> Traj:
+    """Three episodes: user prompt, then one or two assistant turns with a tool message between."""
+    traj = make_traj([1, 2, 1], [0.0, 0.0, 0.0], seeds=[0, 1, 2])
+    traj.messages[1].insert(2, {"role": "tool", "content": "ok"})
+    traj.input_ids, traj.policy_mask = torch.arange(6).view(3, 2), torch.tensor([[1, 0], [1, 1], [0, 1]])
+    return traj
+
+
+def test_the_signature_tells_the_forms_apart():
+    from reward_models.functions import is_batch_function
+
+    def per_episode(messages, tools, info):
+        return 0.0
+
+    def trl(completions, environments, **kwargs):
+        return []
+
+    def keywords_only(**kwargs):
+        return []
+
+    def prompts_only(prompts, completions):
+        return []
+
+    assert [is_batch_function(f) for f in (per_episode, trl, keywords_only, prompts_only)] == [False, True, True, True]
+    assert not is_batch_function(len)  # a builtin without a signature is called per episode
+
+
+def test_a_trl_function_gets_completions_environments_and_columns():
+    seen = {}
+
+    def bought(completions, environments, prompts, completion_ids, success, target, **kwargs):
+        seen.update(completions=completions, prompts=prompts, ids=completion_ids, target=target, success=success)
+        seen["trainer_state"], seen["log_metric"] = kwargs["trainer_state"], kwargs["log_metric"]
+        return [float(env.bought) for env in environments]
+
+    envs = [GymLike(environment=Shop(b), row={"target": t, "prompt": "p"}) for b, t in ((2, 5), (0, 6), (1, 7))]
+    functions = load_reward_functions([bought], [0.5])
+    scores, errors = call_reward_functions(functions, batch_traj(), envs)
+    values, weight = scores["bought"]
+    assert values.tolist() == [2.0, 0.0, 1.0] and weight == 0.5 and errors == []
+    assert seen["prompts"] == [[{"role": "user", "content": "q"}]] * 3  # the messages before the first assistant turn
+    assert [len(c) for c in seen["completions"]] == [1, 3, 1] and seen["completions"][1][1]["role"] == "tool"
+    assert seen["ids"] == [[0], [2, 3], [5]]  # the policy tokens only
+    assert seen["target"] == [5, 6, 7] and seen["success"] == [False] * 3  # the row's columns, then the info keys
+    assert seen["trainer_state"] is None and seen["log_metric"]("x", 1.0) is None
+
+
+def test_a_closed_trl_signature_gets_only_what_it_names_and_none_counts_zero():
+    def only_completions(completions):
+        return [None, 1.0, 2.0]
+
+    scores, errors = call_reward_functions(load_reward_functions([only_completions]), batch_traj())
+    assert scores["only_completions"][0].tolist() == [0.0, 1.0, 2.0] and errors == []  # None: does not apply
+
+
+@pytest.mark.parametrize(
+    "returned, expected_error",
+    [([1.0, 2.0], "returned list, not a list of 3 values"), (1.0, "returned float, not a list of 3 values")],
+)
+def test_a_trl_function_with_the_wrong_shape_fails_every_episode(returned, expected_error):
+    def wrong(completions, **kwargs):
+        return returned
+
+    scores, errors = call_reward_functions(load_reward_functions([wrong]), batch_traj())
+    assert all(math.isnan(v) for v in scores["wrong"][0].tolist())
+    assert len(errors) == 3 and expected_error in errors[0]
+
+
+def test_a_raising_trl_function_drops_the_batch_and_one_bad_value_only_its_episode():
+    def raises(completions, **kwargs):
+        raise KeyError("target")
+
+    def one_bad(completions, **kwargs):
+        return [1.0, "x", 0.5]
+
+    scores, errors = call_reward_functions(load_reward_functions([raises, one_bad]), batch_traj())
+    assert all(math.isnan(v) for v in scores["raises"][0].tolist()) and "raised KeyError" in errors[0]
+    bad = scores["one_bad"][0].tolist()
+    assert bad[0] == 1.0 and math.isnan(bad[1]) and bad[2] == 0.5
+    assert errors[-1] == "reward function 'one_bad' on episode 1: returned str, not a number"
+
+
+def test_score_episodes_logs_mean_and_std_of_every_component():
+    """turns_bonus on turns [1, 2, 3, 1] = [0.25, 0.5, 0.75, 0.25]: mean 0.4375, unbiased std
+    sqrt(((-0.1875)^2 + 0.0625^2 + 0.3125^2 + (-0.1875)^2) / 3) = sqrt(0.171875 / 3) = 0.239357...
+    The environment's own components (a TRL environment's reward functions, or correct/wrong) are logged the same
+    way, an episode without one counting 0: "correct" on [1, 0, 1, 0] has mean 0.5, std sqrt(1/3)."""
+    reward = load_config(PPOConfig, None, []).reward
+    traj = make_traj([1, 2, 3, 1], [1.0, 0.0, 1.0, 0.0], seeds=[2, 3, 4, 6])
+    traj.reward_components = [{"correct": 1.0}, {}, {"correct": 1.0}, {"wrong": 0.0}]
+    functions = load_reward_functions([f"{PLUGIN}:turns_bonus"])
+    _, _, stats = score_episodes(reward, traj, None, None, reward_functions=functions)
+    assert stats["reward/turns_bonus/mean"] == pytest.approx(0.4375, abs=1e-6)
+    assert stats["reward/turns_bonus/std"] == pytest.approx(math.sqrt(0.171875 / 3), abs=1e-6)
+    assert stats["reward/turns_bonus"] == stats["reward/turns_bonus/mean"]  # the old name, an alias for one release
+    assert stats["reward/correct/mean"] == 0.5 and stats["reward/correct/std"] == pytest.approx(math.sqrt(1 / 3))
+    assert stats["reward/wrong/mean"] == 0.0 and stats["reward/wrong/std"] == 0.0
