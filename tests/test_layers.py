@@ -30,7 +30,7 @@ LAYER_DOCS = {
     "algorithms": "rlagent/algorithms: the RL math, pure tensor functions",
     "rollout": "rlagent/rollout: the multi-turn engine, generation, policies, episode schedule, transcripts",
     "training": "rlagent/training: the supervised loop, PPO's models and update, checkpoints, tracking",
-    "stages": "rlagent/train_sft.py, train_reward.py, train_ppo.py, train_distill.py (launched by path), api.py over them",
+    "stages": "rlagent/train_{sft,reward,ppo,distill}.py (users launch them by path) and api.py over them",
     "serving": "rlagent/serving: export (HF, ONNX, INT8), the OpenAI-compatible server, A/B arms, request log",
     "cli": "rlagent/cli: the `rlagent` command, eval, rollout, quickstart, sweep, export, serve",
 }
