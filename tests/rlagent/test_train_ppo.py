@@ -240,6 +240,7 @@ def test_score_episodes_returns_a_new_mask_and_leaves_the_trajectory_alone():
         env_reward=torch.tensor([1.0, 0.0, 2.0, 1.0]),
         missing_eos=torch.tensor([0.0, 1.0, 0.0, 0.0]),
         policy_mask=torch.ones(4, 3),
+        reward_components=[{}, {}, {}, {}],
     )
     masked = load_config(PPOConfig, None, ["reward.missing_eos=mask", "reward.env_weight=2.0"]).reward
     traj.env_reward[3] = float("nan")
