@@ -165,7 +165,7 @@ class SFTTrainer(_SupervisedStage):
 
     @staticmethod
     def _module():
-        from rlagent import train_sft
+        import rlagent.train_sft as train_sft
 
         return train_sft
 
@@ -176,7 +176,7 @@ class RewardTrainer(_SupervisedStage):
 
     @staticmethod
     def _module():
-        from rlagent import train_reward
+        import rlagent.train_reward as train_reward
 
         return train_reward
 
@@ -214,7 +214,7 @@ class PPOTrainer(_Stage):
 
     @staticmethod
     def _module():
-        from rlagent import train_ppo
+        import rlagent.train_ppo as train_ppo
 
         return train_ppo
 
