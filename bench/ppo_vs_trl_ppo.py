@@ -200,6 +200,7 @@ def run_trl(args, setup: dict) -> None:
         save_strategy="no",
         disable_tqdm=True,
         bf16=args.precision == "bf16",  # accelerate's autocast over fp32 weights, as ours under model.dtype=auto
+        use_cpu=not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
         fp16=False,
         gradient_checkpointing=False,
         learning_rate=args.lr,
