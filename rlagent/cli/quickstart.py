@@ -9,7 +9,8 @@ plus the same for sampling at temperature 1: "sft_sampled", "ppo_sampled", "diff
 
 `--model smollm2-135m-instruct` (or a .gguf file, or a Hugging Face folder with a ChatML-style template) runs the same
 pipeline on that pretrained model with configs/smollm2/*.yaml (LoRA in every stage), and adds the untouched model as
-a "zero_shot" row beside "sft" and "ppo" for each environment.
+a "zero_shot" row beside "sft" and "ppo" for each environment. Stage 2 (the reward model) is skipped when the PPO
+config would not read it (reward.rm_weight 0 and no critic started from it), so no minutes go to an unused model.
 
 Every policy plays the same test episodes (episode i reset with seed SEED+10000+i), so besides Fisher's test
 ("p_value", the contract) each comparison has the paired exact McNemar test on those episodes ("p_value_mcnemar",
@@ -160,13 +161,18 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
     rm_final = os.path.join(args.output_dir, "reward", "final")
     seconds = {}
     base = [f"model.name_or_path={args.model}"] if is_real_model(args) else []
-    for stage, module, extra in (
+    stages = [
         ("sft", train_sft, base),
         # Tiny: the reward model trains from its own fresh tiny backbone, as configs/quickstart/reward.yaml is
         # measured; a real model: from the pretrained model (not the SFT policy), as configs/smollm2/reward.yaml says.
         ("reward", train_reward, base),
         ("ppo", train_ppo, [f"model.name_or_path={sft_final}", f"reward.model_path={rm_final}"]),
-    ):
+    ]
+    if not ppo_reads_reward_model(args):
+        print("\n=== rlagent quickstart: stage reward skipped (the PPO config neither weighs a reward model's score "
+              "nor starts its critic from one) ===", flush=True)  # fmt: skip
+        stages = [stages[0], ("ppo", train_ppo, [f"model.name_or_path={sft_final}", "reward.model_path=null"])]
+    for stage, module, extra in stages:
         print(f"\n=== rlagent quickstart: stage {stage} ===", flush=True)
         t0 = time.time()
         module.main(stage_args(stage, args, extra))
@@ -203,13 +209,28 @@ def evaluate_both(args: argparse.Namespace) -> dict:
     )
 
 
+def ppo_config(args: argparse.Namespace):
+    """The typed PPO config the quickstart runs (configs/quickstart or configs/smollm2 ppo.yaml, defaults filled)."""
+    from rlagent.common.config import load_config
+    from rlagent.training.ppo_config import PPOConfig
+
+    folder = REAL_MODEL_CONFIG_DIR if is_real_model(args) else CONFIG_DIR
+    return load_config(PPOConfig, os.path.join(folder, "ppo.yaml"))
+
+
 def ppo_env_ids(args: argparse.Namespace) -> list[str]:
     """The env.ids of the PPO config the quickstart ran (what the policy trained on, so what to evaluate)."""
-    import yaml
+    return list(ppo_config(args).env.ids)
 
-    path = os.path.join(REAL_MODEL_CONFIG_DIR if is_real_model(args) else CONFIG_DIR, "ppo.yaml")
-    with open(path, encoding="utf-8") as handle:
-        return list(yaml.safe_load(handle)["env"]["ids"])
+
+def ppo_reads_reward_model(args: argparse.Namespace) -> bool:
+    """Whether stage 3 would load stage 2's model: its score is weighed (reward.rm_weight), or the critic starts from
+    it (value.init: reward_model with an estimator that has a critic). If not, training it is minutes for nothing."""
+    from rlagent.algorithms.registry import get_adv_estimator
+
+    cfg = ppo_config(args)
+    critic_from_rm = cfg.value.init == "reward_model" and get_adv_estimator(cfg.algo.estimator).needs_critic
+    return cfg.reward.rm_weight != 0 or critic_from_rm
 
 
 def evaluate_sft_vs_ppo(

@@ -119,3 +119,35 @@ def test_decodings_default_by_model_and_bad_names_are_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         quickstart.parse(["--decodings", "greedy,beam"])
     assert exit_info.value.code == 2 and "--decodings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("settings", "reads"),
+    [
+        ("reward: {rm_weight: 0}\nalgo: {estimator: rloo}\nvalue: {init: reward_model}\n", False),
+        ("reward: {rm_weight: 0}\nalgo: {estimator: gae}\nvalue: {init: policy}\n", False),
+        ("reward: {rm_weight: 0}\nalgo: {estimator: gae}\nvalue: {init: reward_model}\n", True),
+        ("reward: {rm_weight: 0.1}\nalgo: {estimator: rloo}\n", True),
+    ],
+)
+def test_reward_stage_runs_only_when_ppo_reads_its_model(tmp_path, monkeypatch, settings, reads):
+    """A PPO config that neither weighs the reward model's score nor starts its critic from it skips stage 2, and
+    PPO gets reward.model_path=null (no folder that was never written)."""
+    from rlagent import train_ppo, train_reward, train_sft
+    from rlagent.cli import quickstart
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "ppo.yaml").write_text("env: {ids: [rlagent/Calculator-hard-v0]}\n" + settings)
+    monkeypatch.setattr(quickstart, "REAL_MODEL_CONFIG_DIR", str(configs))
+    calls = []
+    for module in (train_sft, train_reward, train_ppo):
+        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)))
+    args = quickstart.parse(["--model", "some/folder", "--output-dir", str(tmp_path / "out")])
+    assert quickstart.ppo_reads_reward_model(args) is reads
+    seconds = quickstart.run_stages(args)
+    names = [name.rsplit(".", 1)[-1] for name, _ in calls]
+    assert names == (["train_sft", "train_reward", "train_ppo"] if reads else ["train_sft", "train_ppo"])
+    assert ("reward" in seconds) is reads
+    rm_path = f"reward.model_path={tmp_path / 'out' / 'reward' / 'final'}" if reads else "reward.model_path=null"
+    assert rm_path in calls[-1][1]
