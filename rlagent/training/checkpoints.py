@@ -169,7 +169,7 @@ def save_shards(model, folder: str) -> None:
 
 
 def load_shards(model, folder: str) -> None:
-    """The inverse of save_shards: each rank reads the slices its DTensors hold (any process count can read them)."""
+    """The inverse of save_shards: each rank reads the slices its DTensors hold (a collective too)."""
     import torch.distributed.checkpoint as dcp
 
     state = model.state_dict()
@@ -206,9 +206,13 @@ def load_optimizer_state(accelerator, optimizer, saved: dict) -> None:
 
 
 def _like(param, value):
-    """`value` (a slice saved by this rank) as a DTensor laid out like `param`; scalars (AdamW's step) stay as is."""
+    """`value` (a slice saved by this rank) as a DTensor laid out like `param`; scalars (AdamW's step) stay as is.
+    The global shape is the parameter's: a dimension the ranks split unevenly (a 1-row score head over 2 ranks holds
+    1 and 0 rows) would otherwise be taken as world size x this rank's rows."""
     if isinstance(param, DTensor) and torch.is_tensor(value) and value.dim() > 0:
-        return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False)
+        return DTensor.from_local(
+            value, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+        )
     return value
 
 
@@ -239,9 +243,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
         state = dict(state)
         torch.save(state.pop("optimizer"), os.path.join(tmp, f"optimizer_rank{accelerator.process_index}.pt"))
     shards = saves_shards(accelerator)
-    for name, model in models.items() if shards else ():
-        save_shards(accelerator.unwrap_model(model), os.path.join(tmp, name))
-    full = {} if shards else full_state_dicts(accelerator, models)
+    if shards:  # every rank writes its own slices; nothing is gathered
+        for name, model in models.items():
+            save_shards(accelerator.unwrap_model(model), os.path.join(tmp, name))
+    else:
+        full = full_state_dicts(accelerator, models)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, model in models.items() if not shards else ():

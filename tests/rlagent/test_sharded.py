@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 
+import psutil  # accelerate's own dependency
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -237,7 +238,10 @@ def test_fsdp_ppo_killed_after_its_first_checkpoint_resumes_to_the_same_run(tmp_
     deadline = time.time() + 600
     while not complete.exists() and run.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGKILL)
+    # What a machine dying does: every process at once. torchrun starts each rank in a session of its own, so the
+    # launcher's process group alone would leave the ranks running.
+    for process in [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]:
+        process.send_signal(signal.SIGKILL)
     run.wait()
     assert complete.exists() and not (out / "final").exists(), "the kill did not land between step 1 and the end"
     proc = ppo_fsdp(out, "resume_from=auto")
@@ -271,7 +275,9 @@ def test_fsdp_reward_model_matches_one_process(tmp_path):
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
     norms = [json.loads((tmp_path / run / "final" / NORMALIZATION_FILE).read_text()) for run in ("one", "fsdp")]
-    assert norms[0] == pytest.approx(norms[1], rel=1e-5)
+    assert norms[0].keys() == norms[1].keys()
+    for key, value in norms[0].items():  # gain, bias, mean, std; clip is null
+        assert (value is None is norms[1][key]) or value == pytest.approx(norms[1][key], rel=1e-5), key
 
 
 @pytest.mark.slow

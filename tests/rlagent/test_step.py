@@ -32,11 +32,13 @@ def train(split: bool, steps: int = 3, poison_at: int | None = None):
     optimizers, schedulers = optimizers_for(models, split)
     data = torch.arange(12.0).reshape(4, 3) / 10
 
+    scale = [1.0]
+
     def loss_of(rows):
-        out = models[1](models[0](data[rows]))
-        return out.sum() * (float("nan") if poison_at == step else 1.0)
+        return models[1](models[0](data[rows])).sum() * scale[0]
 
     for step in range(steps):
+        scale[0] = float("nan") if step == poison_at else 1.0
         optimizer_step(accelerator, models, optimizers if split else optimizers[0], [[0, 1], [2, 3]], loss_of, 1.0)
         for scheduler in schedulers:
             scheduler.step()
