@@ -171,9 +171,13 @@ def save_shards(model, folder: str) -> None:
 def load_shards(model, folder: str) -> None:
     """The inverse of save_shards: each rank reads the slices its DTensors hold (a collective too)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = model.state_dict()
-    dcp.load(state, checkpoint_id=folder)
+    try:
+        dcp.load(state, checkpoint_id=folder)
+    except CheckpointException as err:  # a BaseException: load_checkpoint would not turn it into a ConfigError
+        raise RuntimeError(f"{folder}: {err}") from None
     model.load_state_dict(state)
 
 
