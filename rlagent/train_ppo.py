@@ -44,8 +44,15 @@ from rlagent.training.episode_scores import score_episodes
 from rlagent.training.guards import StepGuard
 from rlagent.training.ppo_config import AlgoConfig, PPOConfig  # PPOConfig: users import it from here (README)
 from rlagent.training.ppo_metrics import iteration_metrics
-from rlagent.training.ppo_models import batched, forward_policy, forward_value, load_models, reference_context
-from rlagent.training.setup import build_optimizer, check_batch_shape, make_accelerator, set_seed
+from rlagent.training.ppo_models import (
+    batched,
+    forward_policy,
+    forward_value,
+    load_models,
+    prepare_models,
+    reference_context,
+)
+from rlagent.training.setup import check_batch_shape, make_accelerator, set_seed
 from rlagent.training.step import optimizer_step, restore_training_state, training_state
 from rlagent.training.tracking import Progress, Tracker
 
@@ -186,29 +193,17 @@ class PPOTrainer:
         self.envs = build_training_envs(cfg.env, per_env, cfg.seed * 1009 + self.rank)
         self.env_names = [env_id for env_id in cfg.env.ids for _ in range(per_env)]
         unwrapped = self.accelerator.unwrap_model(self.policy)
-        self.sampler = build_sampler(cfg, unwrapped, self.tokenizer)
+        generator_source = unwrapped if self.generation_copy is None else self.generation_copy
+        self.sampler = build_sampler(cfg, generator_source, self.tokenizer)
         self.tracker = Tracker.for_run(cfg, self.accelerator.is_main_process, resume_step=self.start)
 
     def _build_models(self) -> None:
-        """Policy, value, reference, reward model; one optimizer (two param groups); accelerate placement."""
+        """Policy, value, reference, reward model; their optimizer(s) and schedule(s); accelerate placement."""
         cfg, accelerator = self.cfg, self.accelerator
         policy, reference, value, self.reward_model = load_models(cfg, self.tokenizer, self.estimator.needs_critic)
-        params = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]
-        if value is not None:
-            params.append({"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr})
-        optimizer, self.scheduler = build_optimizer(params, cfg.optim, cfg.max_steps)
-        if accelerator.distributed_type == "FSDP":
-            # Each sharded forward is a collective, but ranks generate episodes of different lengths, so their
-            # forward counts differ and the rollout deadlocks (measured: no iteration in 6 min on 2 CPU processes);
-            # accelerate's FSDP2 also takes one model per optimizer, and the critic shares ours.
-            raise ConfigError("PPO does not run under FSDP (sharded generation deadlocks): use ddp, or zero2/zero3")
-        if value is not None:
-            policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
-        else:
-            policy, optimizer = accelerator.prepare(policy, optimizer)
-        self.policy, self.value, self.optimizer = policy, value, optimizer
-        # prepare_model places the frozen copy and gives it the policy's autocast: both log-probs share one precision.
-        self.reference = accelerator.prepare_model(reference, evaluation_mode=True) if reference is not None else None
+        placed = prepare_models(cfg, accelerator, policy, value, reference)
+        self.policy, self.value, self.reference = placed.policy, placed.value, placed.reference
+        self.optimizers, self.schedulers, self.generation_copy = placed.optimizers, placed.schedulers, placed.copy
         if self.reward_model is not None:
             self.reward_model.to(accelerator.device)
 
@@ -220,7 +215,7 @@ class PPOTrainer:
         models = {name: self.accelerator.unwrap_model(model) for name, model in self._models().items()}
         state = load_checkpoint(path, models, self.rank)
         self.start, self.last_metrics, loop = restore_training_state(
-            self.accelerator, state, self.optimizer, self.scheduler
+            self.accelerator, state, self.optimizers, self.schedulers
         )
         self.kl_ctl.load_state_dict(loop["kl_ctl"])
         self.curriculum.load_state_dict(loop["curriculum"])
@@ -386,13 +381,14 @@ class PPOTrainer:
             self.accelerator,
             self.policy,
             self.value,
-            self.optimizer,
+            self.optimizers,
             batch,
             train_policy,
             self.shuffle,
             self.guard,
         )
-        self.scheduler.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
         it.t_train = time.time() - t1
 
     def importance_weighted(self, it: Iteration) -> torch.Tensor:
@@ -448,7 +444,7 @@ class PPOTrainer:
             "skipped_in_a_row": self.skipped_in_a_row,
             "updates": self.guard.updates,
         }
-        state = training_state(self.accelerator, self.optimizer, self.scheduler, done, self.last_metrics, loop)
+        state = training_state(self.accelerator, self.optimizers, self.schedulers, done, self.last_metrics, loop)
         save_checkpoint(self.accelerator, cfg.output_dir, done, self._models(), state, cfg.keep_checkpoints)
 
 

@@ -140,11 +140,45 @@ def save_model(model, folder: str, state_dict: dict | None = None) -> None:
 
 # FSDP: every process holds a slice of each weight and of its optimiser state. Saving gathers the full tensors (a
 # collective every rank joins; rank 0 receives them), so a checkpoint or final/ is the same file whatever the number
-# of processes, and loads in plain transformers. Resuming hands each rank its slice again.
+# of processes, and loads in plain transformers. Resuming hands each rank its slice again. With the launcher's
+# `fsdp_state_dict_type: SHARDED_STATE_DICT` a checkpoint's models are instead written by every rank, each its own
+# slices (torch.distributed.checkpoint): nothing is gathered, which is what keeps saving a model too large for one
+# process possible. final/ is always gathered.
+
+SHARDS_INDEX = ".metadata"  # torch.distributed.checkpoint's index of every rank's files
 
 
 def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type == "FSDP"
+
+
+def saves_shards(accelerator) -> bool:
+    """FSDP with `fsdp_state_dict_type: SHARDED_STATE_DICT`: checkpoints hold each rank's slices of the models."""
+    if not is_sharded(accelerator):
+        return False
+    kind = accelerator.state.fsdp_plugin.state_dict_type
+    return getattr(kind, "name", str(kind)) == "SHARDED_STATE_DICT"
+
+
+def save_shards(model, folder: str) -> None:
+    """Every rank writes its slices of `model`'s state dict into `folder` (a collective: all ranks call it)."""
+    import torch.distributed.checkpoint as dcp
+
+    os.makedirs(folder, exist_ok=True)
+    dcp.save(model.state_dict(), checkpoint_id=folder)
+
+
+def load_shards(model, folder: str) -> None:
+    """The inverse of save_shards: each rank reads the slices its DTensors hold (a collective too)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    state = model.state_dict()
+    try:
+        dcp.load(state, checkpoint_id=folder)
+    except CheckpointException as err:  # a BaseException: load_checkpoint would not turn it into a ConfigError
+        raise RuntimeError(f"{folder}: {err}") from None
+    model.load_state_dict(state)
 
 
 def full_state_dicts(accelerator, models: dict) -> dict:
@@ -176,9 +210,13 @@ def load_optimizer_state(accelerator, optimizer, saved: dict) -> None:
 
 
 def _like(param, value):
-    """`value` (a slice saved by this rank) as a DTensor laid out like `param`; scalars (AdamW's step) stay as is."""
+    """`value` (a slice saved by this rank) as a DTensor laid out like `param`; scalars (AdamW's step) stay as is.
+    The global shape is the parameter's: a dimension the ranks split unevenly (a 1-row score head over 2 ranks holds
+    1 and 0 rows) would otherwise be taken as world size x this rank's rows."""
     if isinstance(param, DTensor) and torch.is_tensor(value) and value.dim() > 0:
-        return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False)
+        return DTensor.from_local(
+            value, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+        )
     return value
 
 
@@ -208,10 +246,15 @@ def save_checkpoint(accelerator, output_dir: str, step: int, models: dict, state
     if is_sharded(accelerator):
         state = dict(state)
         torch.save(state.pop("optimizer"), os.path.join(tmp, f"optimizer_rank{accelerator.process_index}.pt"))
-    full = full_state_dicts(accelerator, models)
+    shards = saves_shards(accelerator)
+    if shards:  # every rank writes its own slices; nothing is gathered
+        for name, model in models.items():
+            save_shards(accelerator.unwrap_model(model), os.path.join(tmp, name))
+    else:
+        full = full_state_dicts(accelerator, models)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for name, model in models.items():
+        for name, model in models.items() if not shards else ():
             save_model(accelerator.unwrap_model(model), os.path.join(tmp, name), full[name])
         torch.save(state, os.path.join(tmp, "training_state.pt"))
         write_manifest(tmp)
@@ -256,6 +299,9 @@ def _load_checkpoint_files(path: str, models: dict, rank: int) -> dict:
 
     for name, model in models.items():
         folder = os.path.join(path, name)
+        if os.path.isfile(os.path.join(folder, SHARDS_INDEX)):
+            load_shards(model, folder)
+            continue
         weights = {}
         for file in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
             try:

@@ -92,7 +92,7 @@ def iteration_metrics(trainer, it) -> dict:
     completions = completion_metrics(acc, traj, mask)
     out["num_tokens"] = trainer.last_metrics.get("num_tokens", 0.0) + completions.pop("tokens_this_iteration")
     out.update(completions)
-    out["train/lr"] = trainer.scheduler.get_last_lr()[0]
+    out["train/lr"] = trainer.schedulers[0].get_last_lr()[0]
     out["timing/rollout_s"], out["timing/train_s"] = it.t_rollout, it.t_train
     out["perf/tokens_per_s"] = traj.generated_tokens / max(it.t_rollout, 1e-9)
     out.update({**it.score_stats, **it.update, **trainer.curriculum.metrics()})

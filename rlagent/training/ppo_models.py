@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForTokenClassification
@@ -22,7 +23,9 @@ from rlagent.common.modeling import (
     load_causal_lm,
     make_trainable,
 )
+from rlagent.training.checkpoints import is_sharded
 from rlagent.training.output_head import CHUNK_TOKENS, hidden_before, output_head
+from rlagent.training.setup import build_optimizer
 
 
 def load_value_model(init: str, policy, rm_path: str | None, dtype):
@@ -79,6 +82,52 @@ def load_models(cfg, tokenizer, with_value: bool):
             raise ConfigError(f"reward.model_path='{cfg.reward.model_path}' is not a folder")
         reward_model = reward_models.load(cfg.reward.model_path)
     return policy, reference, value, reward_model
+
+
+@dataclass
+class PreparedModels:
+    """The PPO models as accelerate placed them, with what trains them."""
+
+    policy: torch.nn.Module
+    value: torch.nn.Module | None
+    reference: torch.nn.Module | None  # None with LoRA: the policy with its adapters off
+    optimizers: list  # one (the critic a second param group), or under FSDP one per trainable model
+    schedulers: list  # one per optimizer, stepped together
+    copy: torch.nn.Module | None  # under FSDP: the unsharded policy the rollout samples from (else None)
+
+
+def prepare_models(cfg, accelerator, policy, value, reference) -> PreparedModels:
+    """Build the optimizer(s) and schedule(s) and let accelerate place the models.
+
+    One process or DDP: one optimizer, the critic's parameters a second param group; the reference is placed by
+    prepare_model, which gives it the policy's autocast (both log-probs share one precision). FSDP: accelerate's FSDP2
+    prepares one model per call, with its own optimizer, so each trainable model gets one (AdamW updates every
+    parameter on its own: the same numbers); the reference is sharded too. Generation must not run sharded forwards
+    (ranks generate episodes of different lengths, so their forward counts would differ and the collectives
+    deadlock): the rollout samples from an unsharded copy, which the backend refreshes by gathering the shards.
+    """
+    groups = [[{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.lr}]]
+    if value is not None:
+        groups.append([{"params": [p for p in value.parameters() if p.requires_grad], "lr": cfg.value.lr}])
+    if not is_sharded(accelerator):
+        optimizer, scheduler = build_optimizer([g for model in groups for g in model], cfg.optim, cfg.max_steps)
+        if value is not None:
+            policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
+        else:
+            policy, optimizer = accelerator.prepare(policy, optimizer)
+        if reference is not None:
+            reference = accelerator.prepare_model(reference, evaluation_mode=True)
+        return PreparedModels(policy, value, reference, [optimizer], [scheduler], None)
+    # Copied before prepare: there the other ranks' weights go to the meta device.
+    unsharded = copy.deepcopy(policy).requires_grad_(False).to(accelerator.device)
+    built = [build_optimizer(model_groups, cfg.optim, cfg.max_steps) for model_groups in groups]
+    optimizers, schedulers = [o for o, _ in built], [s for _, s in built]
+    policy, optimizers[0] = accelerator.prepare(policy, optimizers[0])
+    if value is not None:
+        value, optimizers[1] = accelerator.prepare(value, optimizers[1])
+    if reference is not None:
+        reference = accelerator.prepare(reference)
+    return PreparedModels(policy, value, reference, optimizers, schedulers, unsharded)
 
 
 @contextlib.contextmanager

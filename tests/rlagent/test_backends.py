@@ -169,3 +169,51 @@ def test_lora_policy_syncs_merged_weights_into_the_bf16_copy(tok):
     for (name, copied), source in zip(backend.model.named_parameters(), merged.parameters()):
         assert torch.equal(copied, source.to(torch.bfloat16)), name
     assert any(p.requires_grad for p in peft_model.parameters())  # the trainer's adapters stay trainable
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-process gloo group: enough for FSDP2's fully_shard to turn parameters into DTensors."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_sharded_model_is_gathered_into_the_unsharded_copy_and_never_run(tok, one_rank_group, lora, dtype):
+    """PPO under FSDP: the backend is built from an unsharded copy of the policy; sync_weights(sharded policy) gathers
+    the full weights into it (LoRA adapters too; a bf16 copy casts or merges them), and generation never calls
+    the sharded module (its forward would be a collective). Tokens equal a backend built from the updated weights."""
+    from peft import LoraConfig, get_peft_model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = build_tiny_model(SMALL, tok, seed=4)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    backend = build_backend("hf", copy.deepcopy(model), tok, dtype=dtype)
+    with torch.no_grad():  # "an update", then the trainer's copy is sharded
+        generator = torch.Generator().manual_seed(0)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    updated = copy.deepcopy(model)
+    fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+    assert type(next(model.parameters())).__name__ == "DTensor"
+
+    def collective(*_):
+        raise AssertionError("generation ran the sharded model")
+
+    model.register_forward_pre_hook(collective)
+    backend.sync_weights(model)
+    params = SamplingParams(max_new_tokens=6, greedy=True, stop_ids=())
+    prompt = [GenerationRequest(0, [tok.bos_token_id or 1, 5, 6, 7])]
+    expected = build_backend("hf", updated, tok, dtype=dtype).generate(prompt, params)[0].token_ids
+    assert backend.generate(prompt, params)[0].token_ids == expected
+    reference = copy.deepcopy(updated).merge_and_unload() if lora and dtype == "bfloat16" else updated
+    for (name, copied), source in zip(backend.model.named_parameters(), reference.parameters()):
+        assert torch.equal(copied, source.to(copied.dtype)), name
+    with pytest.raises(ValueError, match="unsharded copy"):
+        build_backend("hf", model, tok, dtype=dtype)

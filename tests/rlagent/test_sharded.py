@@ -1,14 +1,21 @@
 """The multi-process launch configs on CPU processes (gloo): FSDP2 full shard and two simulated machines against one
 process, in fp32 (`--mixed_precision no`) so the comparison is exact up to float summation order."""
 
+import glob
+import json
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
 
+import psutil  # accelerate's own dependency
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from reward_models.scoring import NORMALIZATION_FILE
 from tests.conftest import BIN, SMALL_MODEL, free_port, read_metrics, run_cli
 
 FSDP = ["--config_file", "configs/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no"]
@@ -114,13 +121,71 @@ def ppo_ddp(tmp_path_factory):
     return out
 
 
+def safetensors_weights(folder) -> dict:
+    """A model folder's tensors: safetensors files, or the shards torch.distributed.checkpoint wrote (SHARDED type)."""
+    from safetensors.torch import load_file
+
+    if os.path.isfile(os.path.join(folder, ".metadata")):
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as scratch:
+            dcp_to_torch_save(folder, os.path.join(scratch, "full.pt"))
+            return torch.load(os.path.join(scratch, "full.pt"))
+    weights = {}
+    for file in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        weights.update(load_file(file))
+    assert weights, f"no weights in {folder}"
+    return weights
+
+
+def assert_same_tensors(a, b, atol=1e-5):
+    """Every tensor in folder `a`'s safetensors files (full weights, or a LoRA adapter) equals `b`'s. Under FSDP the
+    gathered state dict also names the head tied to the embeddings (lm_head.weight); that is the only extra key."""
+    one, two = safetensors_weights(a), safetensors_weights(b)
+    assert set(one) ^ set(two) <= {"lm_head.weight"}, set(one) ^ set(two)
+    for name in set(one) & set(two):
+        torch.testing.assert_close(one[name], two[name], rtol=0, atol=atol, msg=name)
+
+
+def ppo_fsdp(output_dir, *extra):
+    return launch(*FSDP, "rlagent/train_ppo.py", f"output_dir={output_dir}", *PPO, *extra)
+
+
+@pytest.fixture(scope="module")
+def ppo_sharded(tmp_path_factory):
+    """The `ppo_ddp` run under FSDP2 (full shard over the same 2 processes): what the resume tests continue."""
+    out = tmp_path_factory.mktemp("ppo") / "fsdp"
+    proc = ppo_fsdp(out)
+    assert "over 2 process(es) (FSDP)" in proc.stdout
+    return out
+
+
+PPO_VARIANTS = {  # name -> extra args; LoRA r=4 adapters on the tiny model
+    "gae-lora": ["model.lora.enabled=true", "model.lora.r=4"],
+    "grpo": ["algo.estimator=grpo", "algo.group_size=2"],
+}
+
+
 @pytest.mark.slow
-def test_ppo_under_fsdp_is_a_config_error(tmp_path):
-    """PPO under FSDP deadlocked in its first rollout (ranks run different numbers of sharded forwards while they
-    generate; before the fsdp fix it silently ran as DDP on CPU): it stops at once with a one-line error."""
-    proc = launch(*FSDP, "rlagent/train_ppo.py", f"output_dir={tmp_path}", *PPO, check=False)
-    assert proc.returncode != 0  # 2 from the stage; the launcher reports its own code
-    assert "PPO does not run under FSDP (sharded generation deadlocks)" in proc.stderr
+@pytest.mark.parametrize("variant", ["gae", *PPO_VARIANTS])
+def test_fsdp_ppo_matches_ddp(tmp_path, ppo_ddp, ppo_sharded, variant):
+    """PPO with the policy, critic and reference sharded over 2 CPU processes computes what the same 2 processes
+    compute with replicated weights (each rank plays its own seed + rank episodes, so 2-process DDP, not 1
+    process, is the reference): the rollout samples from the backend's unsharded copy, gathered from the shards
+    after each update. Two iterations of 2 minibatch updates each; every logged metric to 1e-4 relative (measured
+    <= 9e-6: FSDP takes the full-logits path, DDP the selective head), final policy, last checkpoint's critic
+    (gae) and LoRA adapters to 1e-5 (measured 4e-7); a full final/ loads in plain transformers."""
+    if variant == "gae":
+        ddp, fsdp = ppo_ddp, ppo_sharded
+    else:
+        ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+        launch(*DDP, "rlagent/train_ppo.py", f"output_dir={ddp}", *PPO, *PPO_VARIANTS[variant])
+        ppo_fsdp(fsdp, *PPO_VARIANTS[variant])
+    assert_same_metrics(ddp, fsdp)
+    assert_same_tensors(ddp / "final", fsdp / "final")
+    if variant == "gae":
+        assert_same_weights(ddp / "final", fsdp / "final")
+        assert_same_tensors(ddp / "checkpoints" / "step-2" / "value", fsdp / "checkpoints" / "step-2" / "value")
 
 
 @pytest.mark.slow
@@ -156,3 +221,87 @@ def test_sharded_policy_generates_the_same_greedy_tokens(tmp_path):
     one, fsdp = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "fsdp.pt")
     assert fsdp["sharded"] and not one["sharded"]
     assert torch.equal(one["tokens"], fsdp["tokens"])
+
+
+@pytest.mark.slow
+def test_fsdp_ppo_killed_after_its_first_checkpoint_resumes_to_the_same_run(tmp_path, ppo_sharded):
+    """PPO under FSDP, SIGKILLed (launcher and both ranks) as soon as checkpoints/step-1 is complete, then the same
+    command with resume_from=auto: it continues from step 1 and ends where the uninterrupted run ends (metrics
+    1e-6 relative, final weights and the critic 1e-6): optimiser slices per rank, weights re-sharded, the
+    generation copy gathered again, RNG per rank."""
+    out = tmp_path / "killed"
+    env = {**os.environ, **ONE_THREAD, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    cmd = [os.path.join(BIN, "accelerate"), "launch", "--main_process_port", free_port(), *FSDP]
+    run = subprocess.Popen([*cmd, "rlagent/train_ppo.py", f"output_dir={out}", *PPO], env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    complete = out / "checkpoints" / "step-1" / "COMPLETE"
+    deadline = time.time() + 600
+    while not complete.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    # What a machine dying does: every process at once. torchrun starts each rank in a session of its own, so the
+    # launcher's process group alone would leave the ranks running.
+    for process in [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]:
+        process.send_signal(signal.SIGKILL)
+    run.wait()
+    assert complete.exists() and not (out / "final").exists(), "the kill did not land between step 1 and the end"
+    proc = ppo_fsdp(out, "resume_from=auto")
+    assert f"resume={out / 'checkpoints' / 'step-1'}" in proc.stdout
+    assert_same_metrics(ppo_sharded, out, rel=1e-6)
+    assert_same_tensors(ppo_sharded / "final", out / "final", atol=1e-6)
+    critic = os.path.join("checkpoints", "step-2", "value")
+    assert_same_tensors(ppo_sharded / critic, out / critic, atol=1e-6)
+
+
+REWARD = [*SMALL_MODEL, "data.source=expert", "data.pairs=40", "optim.batch_size=8", "max_length=256",
+          "progress=false", "log_every=1", "eval_every=2", "normalize.reference_samples=16", "max_steps=2",
+          "save_every=0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fsdp_reward_model_matches_one_process(tmp_path):
+    """The reward stage (fit's loop, the evaluation, the normalisation pass, final/ with its score head) with the
+    reward model sharded over 2 processes: global batch 8 pairs as 2 x (micro 4) vs 2 micro-batches of 4 on one
+    process. Losses and eval loss to 1e-5 relative, accuracies equal, final weights to 1e-5, the stored
+    normalisation to 1e-5."""
+    launch(*FSDP, "rlagent/train_reward.py", f"output_dir={tmp_path / 'fsdp'}", *REWARD, "optim.micro_batch_size=4")
+    run_cli("rlagent", "reward", f"output_dir={tmp_path / 'one'}", *REWARD, "optim.micro_batch_size=4")
+    one, fsdp = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "fsdp")
+    for key in ("train/loss", "eval/loss"):
+        assert [r[key] for r in one if key in r] == pytest.approx([r[key] for r in fsdp if key in r], rel=1e-5)
+    for key in ("train/accuracy", "eval/accuracy"):
+        assert [r[key] for r in one if key in r] == [r[key] for r in fsdp if key in r]
+    a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "one" / "final")
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "final")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+    norms = [json.loads((tmp_path / run / "final" / NORMALIZATION_FILE).read_text()) for run in ("one", "fsdp")]
+    assert norms[0].keys() == norms[1].keys()
+    for key, value in norms[0].items():  # gain, bias, mean, std; clip is null
+        assert (value is None is norms[1][key]) or value == pytest.approx(norms[1][key], rel=1e-5), key
+
+
+@pytest.mark.slow
+def test_sharded_state_dict_checkpoints_resume_like_full_ones(tmp_path, ppo_sharded):
+    """configs/accelerate/fsdp_sharded.yaml (fsdp_state_dict_type: SHARDED_STATE_DICT): each checkpoint's policy and
+    critic are every rank's own slices (torch.distributed.checkpoint files, no safetensors), final/ is still full
+    weights for plain transformers; the run computes the full-type run, and a resume from its step-1 checkpoint
+    ends where it ends (metrics 1e-6 relative, final weights 1e-6)."""
+    sharded = ["--config_file", "configs/accelerate/fsdp_sharded.yaml", *FSDP[2:]]
+    script = ["rlagent/train_ppo.py", *PPO]
+    launch(*sharded, *script, f"output_dir={tmp_path / 'a'}")
+    step = tmp_path / "a" / "checkpoints" / "step-1"
+    for model in ("policy", "value"):
+        assert glob.glob(str(step / model / "*.distcp")) and not glob.glob(str(step / model / "*.safetensors"))
+    assert_same_metrics(ppo_sharded, tmp_path / "a", rel=1e-6)
+    assert_same_weights(ppo_sharded / "final", tmp_path / "a" / "final", atol=1e-6)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-2")
+    shutil.rmtree(tmp_path / "b" / "final")
+    proc = launch(*sharded, *script, f"output_dir={tmp_path / 'b'}", "resume_from=auto")
+    assert f"resume={tmp_path / 'b' / 'checkpoints' / 'step-1'}" in proc.stdout
+    assert_same_metrics(tmp_path / "a", tmp_path / "b", rel=1e-6)
+    assert_same_tensors(tmp_path / "a" / "final", tmp_path / "b" / "final", atol=1e-6)
+    for model in ("policy", "value"):  # the shards hold what the full type gathers
+        steps = [run / "checkpoints" / "step-2" / model for run in (ppo_sharded, tmp_path / "a", tmp_path / "b")]
+        assert_same_tensors(steps[0], steps[1], atol=1e-6)
+        assert_same_tensors(steps[1], steps[2], atol=1e-6)

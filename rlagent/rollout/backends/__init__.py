@@ -3,7 +3,9 @@
 The rollout engine never touches a model: a ModelPolicy (rlagent.rollout.decoding) hands each active episode's
 token ids to a backend as a GenerationRequest and gets back a GenerationOutput (new ids + the log-prob of each under
 the sampling temperature). A backend owns whatever state makes that fast (the HF backend: its key/value caches and a
-shared-prompt-prefix cache) and `sync_weights(model)` refreshes it from the trainer's model after each update.
+shared-prompt-prefix cache) and `sync_weights(model)` refreshes it from the trainer's model after each update; a
+trainer model sharded by FSDP is gathered there (every rank calls it together) into the unsharded module the backend
+was built from, so generation itself runs no collective and ranks may generate different numbers of tokens.
 
 Adding a backend (e.g. vLLM on a GPU): a class with `generate(requests, params)`, `sync_weights(model)` and
 `release()`, registered in BACKENDS under the name `rollout.backend` selects.

@@ -7,7 +7,10 @@ Every call decodes all requests in ONE batch that drops finished rows at once. T
   + tool schemas, ~240 of SmolLM2's ~270 prompt tokens), prefilled ONCE at batch size 1 and copied into every row;
   it is reused by later calls whose rows all start with it, until `sync_weights` changes the weights;
 - its own weights: with a dtype unlike the trainer's (bf16 where the hardware has it) the backend samples from a
-  copy that `sync_weights` refreshes after each update, so sampling never waits for a cast.
+  copy that `sync_weights` refreshes after each update, so sampling never waits for a cast;
+- no collectives: a trainer model sharded by FSDP (every forward gathers its weights from all ranks, so ranks that
+  generate episodes of different lengths would deadlock) is gathered ONCE per `sync_weights` into the unsharded
+  module the backend was built from, and generation runs on that.
 Models whose cache is not a plain DynamicCache (sliding-window, hybrid) fall back to one `model.generate` per call.
 """
 
@@ -18,6 +21,7 @@ import copy
 import inspect
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
@@ -39,9 +43,10 @@ class HFBackend:
     def __init__(self, model, pad_id: int, dtype: torch.dtype | None = None, prefix_cache: bool = True,
                  reuse_cache: bool = True):  # fmt: skip
         self.pad_id, self.dtype, self.prefix_cache = pad_id, dtype, prefix_cache
-        self.model, self._sequences, self._prefix = None, {}, None
+        self.model, self._sequences, self._prefix, self.unsharded = None, {}, None, None
         self.prefix_hits = 0  # rows that started from the shared prefix (tests and benchmarks read it)
         self.sync_weights(model)
+        self.unsharded = _gather_target(model, self.model)
         self.reuse_cache = reuse_cache and supports_cache_reuse(self.model)
         parameters = inspect.signature(_base(self.model).forward).parameters
         self.logits_to_keep = "logits_to_keep" in parameters
@@ -55,10 +60,16 @@ class HFBackend:
 
         Same dtype as the trainer: the module itself is used. Otherwise a copy in `self.dtype`: refreshed in place
         for a plain model; a PEFT model is copied and its adapters merged (one matmul per adapted layer), so the
-        copy is a plain model of the merged weights.
+        copy is a plain model of the merged weights. A model sharded by FSDP (DTensor parameters) is first gathered
+        into `self.unsharded`, which stands in for it: a collective, so every rank calls this at the same point.
         """
         self.release()
         self._prefix = None
+        if is_sharded_module(model):
+            if self.unsharded is None:
+                raise ValueError("an FSDP-sharded model needs a backend built from an unsharded copy of it")
+            gather_full_weights(model, self.unsharded)
+            model = self.unsharded
         if self.dtype is None or self.dtype == next(model.parameters()).dtype:
             self.model = model
         elif hasattr(model, "merge_and_unload"):
@@ -243,6 +254,37 @@ def _same_layout(copied, model) -> bool:
         return False
     shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     return all(shapes.get(name) == tensor.shape for name, tensor in copied.state_dict().items())
+
+
+def _gather_target(source, sampled):
+    """The unsharded module a sharded trainer model is later gathered into (HFBackend.unsharded), or None.
+
+    The sampled module itself when its names match the source's (shared, or a cast copy of a plain model: copy_
+    casts). A PEFT source whose merged copy is sampled is kept only in a multi-process run (a trainer under a
+    launcher, where sharding happens): elsewhere, e.g. serving an adapter in bf16, keeping it would hold a second
+    full model in memory for nothing."""
+    if is_sharded_module(source):
+        return None
+    if sampled is source or not hasattr(source, "merge_and_unload"):
+        return sampled
+    return source if torch.distributed.is_initialized() else None
+
+
+def is_sharded_module(model) -> bool:
+    """True when `model` holds FSDP2 shards (DTensor parameters): its forward is a collective."""
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+@torch.no_grad()
+def gather_full_weights(sharded, local) -> None:
+    """Copy the full weights of FSDP-sharded `sharded` into the unsharded `local` (same module structure, same state
+    dict names: FSDP2 keeps them). Each DTensor is all-gathered in state-dict order, identical on every rank, so
+    every rank must call this at the same point; plain tensors (buffers, unsharded parts) are copied as they are."""
+    target = local.state_dict()
+    for name, tensor in sharded.state_dict().items():
+        if name not in target:
+            raise KeyError(f"{name}: the sharded model has a weight its unsharded copy lacks")
+        target[name].copy_(tensor.full_tensor() if isinstance(tensor, DTensor) else tensor)
 
 
 def _common_prefix_length(sequences: list[list[int]], limit: int) -> int:
