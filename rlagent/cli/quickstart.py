@@ -121,6 +121,7 @@ REAL_MODEL_SMOKE = {
     "ppo": [
         "max_steps=1",
         "env.episodes=4",
+        "algo.group_size=2",  # 4 episodes over 2 environments: groups of 2 (configs/smollm2: RLOO, groups of 4)
         "optim.batch_size=4",
         "optim.micro_batch_size=4",
         "rollout.max_new_tokens=24",

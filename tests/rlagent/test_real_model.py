@@ -36,7 +36,10 @@ def test_pipeline_on_a_truncated_smollm2(truncated, tmp_path):
           "normalize.reference_samples=4", "model.gradient_checkpointing=true", *batch, *SHORT)  # fmt: skip
     stage("ppo", f"output_dir={ppo}", f"model.name_or_path={sft}/final", f"reward.model_path={reward}/final",
           "max_steps=1", "env.episodes=4", "optim.batch_size=4", "optim.micro_batch_size=4",
-          "rollout.max_new_tokens=16", "model.gradient_checkpointing=true", "progress=false")  # fmt: skip
+          "rollout.max_new_tokens=16", "model.gradient_checkpointing=true", "progress=false",
+          # The shipped config is RLOO without a reward model; GAE with the critic from the reward model and its
+          # score weighed keeps the whole LoRA chain (SFT adapter -> merged reward model -> critic) under test.
+          "algo.estimator=gae", "value.init=reward_model", "reward.rm_weight=0.1")  # fmt: skip
 
     # LoRA stages write adapters; each names the model it was trained on, so loading one merges the whole chain.
     sft_adapter = json.loads((tmp_path / "sft" / "final" / "adapter_config.json").read_text())
