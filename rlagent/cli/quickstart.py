@@ -162,17 +162,18 @@ def run_stages(args: argparse.Namespace) -> dict[str, float]:
     rm_final = os.path.join(args.output_dir, "reward", "final")
     seconds = {}
     base = [f"model.name_or_path={args.model}"] if is_real_model(args) else []
+    reads_rm = ppo_reads_reward_model(args)
+    rm_path = rm_final if reads_rm else "null"  # no folder that was never written
     stages = [
         ("sft", train_sft, base),
         # Tiny: the reward model trains from its own fresh tiny backbone, as configs/quickstart/reward.yaml is
         # measured; a real model: from the pretrained model (not the SFT policy), as configs/smollm2/reward.yaml says.
-        ("reward", train_reward, base),
-        ("ppo", train_ppo, [f"model.name_or_path={sft_final}", f"reward.model_path={rm_final}"]),
+        *([("reward", train_reward, base)] if reads_rm else []),
+        ("ppo", train_ppo, [f"model.name_or_path={sft_final}", f"reward.model_path={rm_path}"]),
     ]
-    if not ppo_reads_reward_model(args):
+    if not reads_rm:
         print("\n=== rlagent quickstart: stage reward skipped (the PPO config neither weighs a reward model's score "
               "nor starts its critic from one) ===", flush=True)  # fmt: skip
-        stages = [stages[0], ("ppo", train_ppo, [f"model.name_or_path={sft_final}", "reward.model_path=null"])]
     for stage, module, extra in stages:
         print(f"\n=== rlagent quickstart: stage {stage} ===", flush=True)
         t0 = time.time()
@@ -225,13 +226,12 @@ def ppo_env_ids(args: argparse.Namespace) -> list[str]:
 
 
 def ppo_reads_reward_model(args: argparse.Namespace) -> bool:
-    """Whether stage 3 would load stage 2's model: its score is weighed (reward.rm_weight), or the critic starts from
-    it (value.init: reward_model with an estimator that has a critic). If not, training it is minutes for nothing."""
+    """Whether stage 3 would load stage 2's model; if not, training it is minutes for nothing."""
     from rlagent.algorithms.registry import get_adv_estimator
+    from rlagent.training.ppo_models import reads_reward_model
 
     cfg = ppo_config(args)
-    critic_from_rm = cfg.value.init == "reward_model" and get_adv_estimator(cfg.algo.estimator).needs_critic
-    return cfg.reward.rm_weight != 0 or critic_from_rm
+    return reads_reward_model(cfg, get_adv_estimator(cfg.algo.estimator).needs_critic)
 
 
 def evaluate_sft_vs_ppo(

@@ -54,6 +54,12 @@ def load_value_model(init: str, policy, rm_path: str | None, dtype):
     return value.to(dtype)
 
 
+def reads_reward_model(cfg, with_value: bool) -> bool:
+    """Whether PPO uses the stage-2 model: its score is weighed (reward.rm_weight), or the critic (`with_value`: the
+    estimator has one) starts from it (value.init: reward_model)."""
+    return cfg.reward.rm_weight != 0 or (with_value and cfg.value.init == "reward_model")
+
+
 def load_models(cfg, tokenizer, with_value: bool):
     """(policy, reference or None, value or None, reward model or None) on CPU; the caller places them. `with_value`:
     the advantage estimator needs a critic (its registry trait)."""

@@ -92,17 +92,16 @@ def test_ppo_passes_a_gym_env_class_and_both_reward_signatures(tmp_path):
     assert row["reward/function_errors"] == 0
 
 
+def one_step(output_dir) -> dict:
+    """An SFT / reward config of one optimizer step of 4 examples on the small tiny model, nothing saved mid-run."""
+    return {"output_dir": str(output_dir), **SMALL, "max_steps": 1, "progress": False,
+            "optim": {"batch_size": 4, "micro_batch_size": 4}, "save_every": 0}  # fmt: skip
+
+
 def test_sft_and_reward_model_train_on_datasets(tmp_path):
     convs = [addition_conversation(a, a + 1) for a in range(1, 11)]
     sft = SFTTrainer(
-        {
-            "output_dir": str(tmp_path / "sft"),
-            **SMALL,
-            "max_steps": 1,
-            "progress": False,
-            "optim": {"batch_size": 4, "micro_batch_size": 4},
-            "save_every": 0,
-        },
+        one_step(tmp_path / "sft"),
         model="tiny",
         train_dataset=Dataset.from_list(convs[:8]),
         eval_dataset=convs[8:],
@@ -112,16 +111,7 @@ def test_sft_and_reward_model_train_on_datasets(tmp_path):
     assert sft.config.data.source == "file" and os.path.isdir(sft.config.data.path)
     pairs = addition_pairs(10)
     reward = RewardTrainer(
-        {
-            "output_dir": str(tmp_path / "rm"),
-            **SMALL,
-            "max_steps": 1,
-            "progress": False,
-            "optim": {"batch_size": 4, "micro_batch_size": 4},
-            "save_every": 0,
-            "data.rule_negatives": False,
-            "normalize.reference_samples": 8,
-        },
+        {**one_step(tmp_path / "rm"), "data.rule_negatives": False, "normalize.reference_samples": 8},
         model=str(tmp_path / "sft" / "final"),
         train_dataset=pairs[:8],
         eval_dataset=pairs[8:],
