@@ -174,7 +174,7 @@ def sft_policy(max_steps: int | None = None, refresh: bool = False, model: str =
     """
     config = QUICKSTART_SFT_CONFIG if model == "tiny" else os.path.join(REPO_DIR, "configs", "smollm2", "sft.yaml")
     digest = hashlib.sha1(f"{max_steps} {model} {layers}".encode())
-    for path in (config, os.path.join(REPO_DIR, "rlagent", "tiny.py")):
+    for path in (config, os.path.join(REPO_DIR, "rlagent", "common", "tiny.py")):
         with open(path, "rb") as handle:
             digest.update(handle.read())
     key = digest.hexdigest()[:10]

@@ -52,6 +52,7 @@ BENCHMARKS = {
     "kill_resume": ["--kills", "2"],
     "quickstart_spread": ["--quick"],
     "serving": ["--quick"],
+    "distill_smollm2": ["--quick"],
 }
 # Names that run another script with fixed arguments: name -> (script, arguments of every run).
 VARIANTS = {
@@ -60,8 +61,9 @@ VARIANTS = {
     "multiturn_vs_trl_grpo_smollm2": ("multiturn_vs_trl_grpo", ["--model", "smollm2", "--layers", "2"]),
 }
 # Run only when named with --only: robustness checks, not speeds (minutes of kill/resume cycles; quickstart_spread
-# trains the quickstart's SFT stage 9 times, about an hour on an idle 2-core machine).
-OPT_IN = {"kill_resume", "quickstart_spread"}
+# trains the quickstart's SFT stage 9 times, about an hour on an idle 2-core machine; distill_smollm2 trains and
+# evaluates three SmolLM2 students, over an hour).
+OPT_IN = {"kill_resume", "quickstart_spread", "distill_smollm2"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -322,6 +324,23 @@ def render_serving(r: dict) -> list[str]:
     return rows
 
 
+def render_distill(r: dict) -> list[str]:
+    rows = [f"Teacher {r['teacher']}; student: SmolLM2 layers {r['keep']} ({r['student_layers']} layers), warm start "
+            f"{r['sft_steps']} SFT steps; arms: {r['distill_steps']} on-policy iterations x {r['distill_episodes']} "
+            f"episodes = {r['arm_seconds']} s vs SFT for the same seconds ({r['sft_arm_steps']} steps), lr {r['lr']}; "
+            f"{r['episodes']} held-out episodes per environment (greedy).",
+            "", "| student | Calculator-v0 | KBSearch-v0 |", "|---|---|---|"]  # fmt: skip
+    for name, per_env in r["vs_warm_start"].items():
+        cells = [f"{v['success_rate']:.1%} ({v['successes']}/{v['episodes']})"
+                 + (f", McNemar p {v['p_value_mcnemar']:.2g} vs warm start" if v.get("p_value_mcnemar") is not None
+                    else "") for v in per_env.values()]  # fmt: skip
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    tests = [f"{env.split('/')[1]} {t['difference']:+.1%} (McNemar p {t.get('p_value_mcnemar', float('nan')):.2g})"
+             for env, t in r["distill_vs_sft"].items()]  # fmt: skip
+    rows.append(f"\ndistill - sft: {', '.join(tests)}\n")
+    return rows
+
+
 RENDERERS = {
     "quickstart_spread": render_quickstart_spread,
     "kill_resume": render_kill_resume,
@@ -335,6 +354,7 @@ RENDERERS = {
     "memory_phases": render_memory_phases,
     "generation_backends": render_generation_backends,
     "serving": render_serving,
+    "distill_smollm2": render_distill,
 }
 TITLES = {
     "rollout_throughput": "Rollout throughput",
@@ -351,6 +371,7 @@ TITLES = {
     "kill_resume": "SIGKILL and resume_from=auto vs an uninterrupted run",
     "quickstart_spread": "Tiny quickstart under CPU kernel settings x seeds (SFT eval loss, held-out greedy success)",
     "serving": "Shipping: torch fp32 / bf16 vs ONNX Runtime fp32 / INT8 (SmolLM2 SFT policy): speed, memory, success",
+    "distill_smollm2": "Distillation: SmolLM2 SFT teacher into a 12-layer SmolLM2 student, on-policy vs SFT",
 }
 
 

@@ -59,7 +59,7 @@ from rlagent.training.checkpoints import (
     save_checkpoint,
     save_final,
 )
-from rlagent.training.fit import SupervisedConfig, fit
+from rlagent.training.fit import SupervisedConfig, fit, time_is_up
 from rlagent.training.guards import StepGuard
 from rlagent.training.output_head import hidden_before, output_head
 from rlagent.training.ppo_config import EnvConfig, RolloutConfig
@@ -242,6 +242,7 @@ class OnPolicyDistiller:
         self.teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
         self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
         self.guard, self.start, self.last_metrics = StepGuard(cfg.optim.max_skipped_steps), 0, {}
+        self.t_start, self.stopped_on_time = time.time(), False  # max_seconds counts from the first iteration
         self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
         if self.resume:
             self.load(self.resume)
@@ -260,17 +261,19 @@ class OnPolicyDistiller:
                   f"{teacher_total:,}, {cfg.env.episodes} episodes per iteration over {self.world} process(es), "
                   f"resume={self.resume}")  # fmt: skip
         progress = Progress(cfg.max_steps, "distill", cfg.progress and accelerator.is_main_process, self.start)
-        metrics = self.last_metrics
+        metrics, done, self.t_start = self.last_metrics, self.start, time.time()
         for iteration in range(self.start, cfg.max_steps):
-            metrics = self.iteration(iteration)
-            progress.update(iteration + 1, kl=metrics["distill/reverse_kl"], success=metrics["env/success_rate"])
+            metrics, done = self.iteration(iteration), iteration + 1
+            progress.update(done, kl=metrics["distill/reverse_kl"], success=metrics["env/success_rate"])
+            if self.stopped_on_time:
+                break
         progress.close()
         self.guard.require_an_update("final/")
         if "eval/success_rate" not in metrics:  # resumed at the end, or eval_episodes=0
             metrics.update(held_out_success(cfg, accelerator.unwrap_model(self.student), self.tokenizer))
         save_final(accelerator, self.student, self.tokenizer, os.path.join(cfg.output_dir, "final"))
         summary = {k: v for k, v in metrics.items() if not k.startswith("timing/")}
-        summary.update(steps=cfg.max_steps, mode="on_policy")
+        summary.update(steps=done, mode="on_policy", stopped_on_time=self.stopped_on_time)
         self.tracker.finish(summary)
         return summary
 
@@ -286,15 +289,18 @@ class OnPolicyDistiller:
         self.scheduler.step()
         metrics = {**update, **self.rollout_metrics(traj), "train/lr": self.scheduler.get_last_lr()[0]}
         metrics.update({"timing/rollout_s": t_rollout, "timing/train_s": time.time() - t1})
+        # max_seconds spent: this iteration is the last (evaluated and saved as at max_steps).
+        self.stopped_on_time = time_is_up(self.accelerator, self.t_start, cfg.max_seconds)
+        last = done == cfg.max_steps or self.stopped_on_time
         # 4. Held-out success of the student every eval_every iterations and at the last.
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
+        if (cfg.eval_every and done % cfg.eval_every == 0) or last:
             metrics.update(held_out_success(cfg, self.accelerator.unwrap_model(self.student), self.tokenizer))
         # 5. Log.
-        if done % cfg.log_every == 0 or done == cfg.max_steps or "eval/success_rate" in metrics:
+        if done % cfg.log_every == 0 or last or "eval/success_rate" in metrics:
             self.tracker.log(metrics, step=done)
         # 6. Checkpoint (atomic); resume_from=auto continues from here.
         self.last_metrics = metrics
-        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
+        if (cfg.save_every and done % cfg.save_every == 0) or last:
             self.save(done)
         return metrics
 

@@ -177,11 +177,21 @@ def truncated_copy(source_dir: str, num_layers: int, out_dir: str) -> str:
     total = AutoConfig.from_pretrained(source_dir, local_files_only=True).num_hidden_layers
     if not 1 <= num_layers <= total:
         raise ModelSourceError(f"truncated_copy: num_layers={num_layers} must be in 1..{total}")
+    return layer_subset_copy(source_dir, list(range(num_layers)), out_dir)
+
+
+def layer_subset_copy(source_dir: str, keep: list[int], out_dir: str) -> str:
+    """Save a copy of the HF causal LM in `source_dir` with only the decoder layers `keep` (0-based, in order), the
+    rest as in truncated_copy. Dropping middle layers and keeping the last ones (e.g. 0-7 and 28-29 of 30) starts a
+    distillation student closer to its teacher than cutting the top off. Returns `out_dir`."""
+    total = AutoConfig.from_pretrained(source_dir, local_files_only=True).num_hidden_layers
+    if not keep or sorted(set(keep)) != list(keep) or not all(0 <= i < total for i in keep):
+        raise ModelSourceError(f"layer_subset_copy: keep={keep} must be increasing layer indices in 0..{total - 1}")
     model = AutoModelForCausalLM.from_pretrained(source_dir, local_files_only=True)
-    model.model.layers = model.model.layers[:num_layers]
-    model.config.num_hidden_layers = num_layers
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)  # saved as layers 0..len(keep)-1
+    model.config.num_hidden_layers = len(keep)
     if getattr(model.config, "layer_types", None):  # per-layer attention kinds must match the layer count
-        model.config.layer_types = model.config.layer_types[:num_layers]
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(source_dir, local_files_only=True).save_pretrained(out_dir)
     return out_dir

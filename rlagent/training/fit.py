@@ -144,7 +144,7 @@ def fit(cfg: SupervisedConfig, accelerator, model, task: SupervisedTask) -> FitR
         t0 = time.time()
         history.append(metrics["train/loss"])
         first_loss = metrics["train/loss"] if first_loss is None else first_loss
-        out_of_time = _out_of_time(accelerator, t_start, cfg.max_seconds)
+        out_of_time = time_is_up(accelerator, t_start, cfg.max_seconds)
         last = done == cfg.max_steps or out_of_time
 
         # 4. Held-out eval (every eval_every steps and at the last); early stopping on eval loss.
@@ -181,7 +181,7 @@ def announce(cfg: SupervisedConfig, accelerator, task: SupervisedTask, parameter
         )
 
 
-def _out_of_time(accelerator, t_start: float, max_seconds: float) -> bool:
+def time_is_up(accelerator, t_start: float, max_seconds: float) -> bool:
     """Whether the time budget is spent; every process takes the slowest one's view, so all stop at the same step."""
     if not max_seconds:
         return False

@@ -14,6 +14,7 @@ from rlagent.common.model_sources import (
     ShippedModel,
     gguf_cache_dir,
     gguf_to_hf_folder,
+    layer_subset_copy,
     resolve_model_path,
     truncated_copy,
 )
@@ -160,6 +161,34 @@ def test_truncated_copy_rejects_bad_layer_count(tmp_path):
     require_smollm2()
     with pytest.raises(ModelSourceError, match=r"num_layers=31 must be in 1\.\.30"):
         truncated_copy(smollm2_dir(), 31, str(tmp_path / "out"))
+
+
+def test_layer_subset_copy_keeps_the_chosen_layers_in_order_and_generates(tmp_path):
+    """Layers 0 and 3 of a 4-layer model become layers 0 and 1 of the copy, bit-equal; generation with a KV cache
+    works (each kept attention layer must index the cache by its new position)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlagent.common.config import TinyModelConfig
+    from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    source = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64),
+                              tokenizer, seed=0)  # fmt: skip
+    source.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    layer_subset_copy(str(tmp_path / "src"), [0, 3], str(tmp_path / "out"))
+    copy = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    assert copy.config.num_hidden_layers == 2 and len(copy.model.layers) == 2
+    for new, old in ((0, 0), (1, 3)):
+        for name, tensor in copy.model.layers[new].state_dict().items():
+            assert torch.equal(tensor, source.model.layers[old].state_dict()[name]), (new, name)
+    assert torch.equal(copy.lm_head.weight, source.lm_head.weight)
+    ids = torch.tensor([tokenizer.encode("What is 2 + 3?")])
+    out = copy.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True, pad_token_id=0)
+    assert out.shape == (1, ids.shape[1] + 4)
+    for bad in ([3, 0], [4], [], [1, 1]):
+        with pytest.raises(ModelSourceError, match=r"keep=.* must be increasing layer indices in 0\.\.3"):
+            layer_subset_copy(str(tmp_path / "src"), bad, str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("base", ["smollm2-135m-instruct", "local-folder"])

@@ -75,6 +75,18 @@ def test_on_policy_end_to_end_and_resume(tmp_path, teacher_dir):
     assert [row["step"] for row in read_metrics(out)] == [1, 2, 3]
 
 
+def test_on_policy_max_seconds_stops_after_the_iteration_that_spends_it(tmp_path, teacher_dir):
+    """max_seconds (the time budget the quickstart control and equal-compute comparisons use) ends on-policy
+    distillation after the first iteration past it, which is then evaluated, checkpointed and saved as a last one."""
+    out = tmp_path / "run"
+    distill(out, teacher_dir, "max_steps=50", "max_seconds=0.001", "save_every=0")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["stopped_on_time"] is True
+    assert 0 <= summary["eval/success_rate"] <= 1
+    assert [row["step"] for row in read_metrics(out)] == [1]
+    assert (out / "checkpoints" / "step-1").is_dir() and (out / "final").is_dir()
+
+
 def test_sequence_end_to_end(tmp_path, teacher_dir):
     """An untrained teacher solves nothing, so every episode is kept (only_successful=false) to have data."""
     out = tmp_path / "run"
