@@ -70,7 +70,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="Seed for every stage and the evaluation.")
     parser.add_argument("--smoke", action="store_true", help="Minutes-scale settings for tests (numbers mean little).")
     parser.add_argument("--report-to", default="jsonl", help="Comma list: jsonl,wandb,tensorboard.")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="Override a key of one stage's config, e.g. sft.max_steps=5000 (stages: sft, reward, ppo); repeatable.",
+    )
     args = parser.parse_args(argv)
+    args.overrides = stage_overrides(args.set, parser)
     if args.output_dir is None:
         name = os.path.basename(os.path.normpath(args.model)).removesuffix(".gguf")
         args.output_dir = "runs/quickstart" if args.model == "tiny" else f"runs/quickstart-{name}"
@@ -82,6 +90,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not args.decodings or set(args.decodings) - set(DECODINGS):
         parser.error(f"--decodings: expected a comma list of {', '.join(DECODINGS)}, got {args.decodings}")
     return args
+
+
+STAGES = ("sft", "reward", "ppo")
+
+
+def stage_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """--set values -> {stage: ["key=value", ...]}; a value that names no stage or no key is a usage error."""
+    out: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    for item in items:
+        stage, _, override = item.partition(".")
+        if stage not in STAGES or "=" not in override or not override.split("=", 1)[0]:
+            parser.error(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
+        out[stage].append(override)
+    return out
 
 
 SMOKE = {
@@ -136,7 +158,8 @@ def is_real_model(args: argparse.Namespace) -> bool:
 
 def stage_args(stage: str, args: argparse.Namespace, extra: list[str], folder: str | None = None) -> list[str]:
     """The stage's argv: its config (configs/quickstart or configs/smollm2), outputs under --output-dir/FOLDER
-    (default: the stage's name), then `extra`, then the --smoke sizes."""
+    (default: the stage's name), the user's --set overrides of that stage, then `extra` (what the quickstart wires
+    between stages, and the control's budget: these win), then the --smoke sizes."""
     out = os.path.join(args.output_dir, folder or stage)
     report = "[" + args.report_to + "]"
     real = is_real_model(args)
@@ -147,6 +170,7 @@ def stage_args(stage: str, args: argparse.Namespace, extra: list[str], folder: s
         f"seed={args.seed}",
         f"report_to={report}",
         "progress=true",
+        *args.overrides[stage],
         *extra,
     ]
     if not args.smoke:
@@ -217,7 +241,7 @@ def ppo_config(args: argparse.Namespace):
     from rlagent.training.ppo_config import PPOConfig
 
     folder = REAL_MODEL_CONFIG_DIR if is_real_model(args) else CONFIG_DIR
-    return load_config(PPOConfig, os.path.join(folder, "ppo.yaml"))
+    return load_config(PPOConfig, os.path.join(folder, "ppo.yaml"), args.overrides["ppo"])
 
 
 def ppo_env_ids(args: argparse.Namespace) -> list[str]:

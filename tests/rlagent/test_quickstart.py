@@ -121,6 +121,34 @@ def test_decodings_default_by_model_and_bad_names_are_errors(capsys):
     assert exit_info.value.code == 2 and "--decodings" in capsys.readouterr().err
 
 
+def test_set_overrides_reach_only_their_stage_and_the_control_keeps_its_budget(tmp_path, monkeypatch, capsys):
+    """--set sft.max_steps=5000 lands in the SFT stage's argv (after the config, before what the quickstart wires),
+    not in the others; the SFT control's own max_steps/max_seconds come later and win; --set ppo.* also decides
+    whether the reward stage runs; a value without a known stage or a key is a usage error naming --set."""
+    from rlagent import train_ppo, train_reward, train_sft
+    from rlagent.cli import quickstart
+
+    calls = []
+    for module in (train_sft, train_reward, train_ppo):
+        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)))
+    argv = ["--output-dir", str(tmp_path), "--control", "--set", "sft.max_steps=5000", "--set", "ppo.algo.kl_coef=0.5"]
+    quickstart.run_stages(quickstart.parse(argv))
+    by_stage = [(name.rsplit(".", 1)[-1], a) for name, a in calls]
+    assert [name for name, _ in by_stage] == ["train_sft", "train_reward", "train_ppo", "train_sft"]
+    sft, reward, ppo, control = (a for _, a in by_stage)
+    assert "max_steps=5000" in sft and "max_steps=5000" not in reward + ppo
+    assert "algo.kl_coef=0.5" in ppo and "algo.kl_coef=0.5" not in sft + reward
+    assert control.index("max_steps=5000") < control.index("max_steps=1000000")  # the control's budget wins
+    calls.clear()
+    skip_rm = ["--output-dir", str(tmp_path), "--set", "ppo.reward.rm_weight=0", "--set", "ppo.algo.estimator=rloo"]
+    quickstart.run_stages(quickstart.parse(skip_rm))
+    assert [name.rsplit(".", 1)[-1] for name, _ in calls] == ["train_sft", "train_ppo"]
+    for bad in ("max_steps=5", "eval.episodes=3", "sft.=3", "sft.max_steps"):
+        with pytest.raises(SystemExit) as exit_info:
+            quickstart.parse(["--set", bad])
+        assert exit_info.value.code == 2 and "--set" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("settings", "reads"),
     [
