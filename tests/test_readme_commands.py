@@ -19,9 +19,10 @@ from tests.conftest import ROOT, SMALL_MODEL, run_cli
 
 # " [": a synopsis line; "exports/": folders the (skipped) SmolLM2 export commands write.
 SKIP = ("smollm2", "gsm8k", "GSM8K", "--num_machines", "bench/", "make ", "pip ", " [", "exports/")
-# Parsed by the fast test but not run by the slow one: a server never exits, a sweep is many runs, and the report
-# reads a server's log (tests/rlagent/test_serving.py and test_sweep.py run them).
-NOT_RUN = ("serve", "sweep", "ab-report")
+# Parsed by the fast test but not run by the slow one: a server never exits, a sweep is many runs, the report reads
+# a server's log, and a quickstart is the whole pipeline (tests/rlagent/test_serving.py, test_sweep.py and
+# test_quickstart.py run them).
+NOT_RUN = ("serve", "sweep", "ab-report", "quickstart")
 SHRINK = {  # appended to a stage command: one optimizer step / iteration on a few examples
     "sft": ["max_steps=1", "data.episodes=8", "optim.batch_size=4", "eval_every=0", "save_every=0", *SMALL_MODEL],
     "reward": ["max_steps=1", "data.pairs=8", "optim.batch_size=4", "eval_every=0", "save_every=0",
@@ -66,13 +67,14 @@ def python_api_example() -> str:
 
 def test_the_readme_lists_the_commands_this_test_runs():
     commands = readme_commands()
-    assert commands[:3] == [f"rlagent {s} --config configs/quickstart/{s}.yaml" for s in ("sft", "reward", "ppo")]
+    stages = [c for c in commands if not c.startswith("rlagent quickstart")]
+    assert stages[:3] == [f"rlagent {s} --config configs/quickstart/{s}.yaml" for s in ("sft", "reward", "ppo")]
     assert any(c.startswith("rlagent rollout --env examples.trl_counter") for c in commands) and len(commands) >= 12
 
 
 def test_every_readme_command_parses(capsys):
     """Stage commands: the config file and every override load (keys, types, ranges); the others: their flags."""
-    from rlagent.cli import evaluate, plot, rollout_cli, serve, sweep
+    from rlagent.cli import evaluate, plot, quickstart, rollout_cli, serve, sweep
     from rlagent.common.config import load_config
     from rlagent.train_distill import DistillConfig
     from rlagent.train_ppo import PPOConfig
@@ -82,6 +84,7 @@ def test_every_readme_command_parses(capsys):
     configs = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "distill": DistillConfig}
     parsers = {"rollout": rollout_cli.parse, "eval": evaluate.parse, "plot": plot.parse, "serve": serve.parse}
     parsers.update({"sweep": sweep.parse, "ab-report": lambda argv: None})  # ab-report: its flags are positional
+    parsers["quickstart"] = quickstart.parse
     for command in readme_commands():
         argv = as_run(command)[1:]
         if argv[0] in configs:
