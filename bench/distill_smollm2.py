@@ -42,6 +42,9 @@ ENVS = ("rlagent/Calculator-v0", "rlagent/KBSearch-v0")
 DEFAULT_TEACHER = os.path.join(REPO_DIR, "runs", "smollm2", "sft", "final")
 SMOLLM2 = "smollm2-135m-instruct"
 ENV_LIST = f"data.env_ids=[{','.join(ENVS)}]"
+# Both SFT runs of the student (warm start, SFT arm): full fine-tuning on the two environments' demonstrations.
+STUDENT_SFT = ("sft", "--config", "configs/smollm2/sft.yaml", "model.lora.enabled=false",
+               "model.gradient_checkpointing=false", ENV_LIST)  # fmt: skip
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -108,10 +111,9 @@ def build_student(args: argparse.Namespace, work: str) -> str:
     if not os.path.isdir(base):
         layer_subset_copy(resolve_model_path(SMOLLM2), layer_list(args.keep), base)
     if not done(out):
-        rlagent("sft", "--config", "configs/smollm2/sft.yaml", f"output_dir={out}", f"model.name_or_path={base}",
-                "model.lora.enabled=false", "model.gradient_checkpointing=false", "optim.lr=3e-4",
-                "optim.warmup_ratio=0.05", f"max_steps={args.sft_steps}", ENV_LIST, "data.episodes=1200",
-                "save_every=50", "eval_every=100", "log_every=5", log=out + ".log")  # fmt: skip
+        rlagent(*STUDENT_SFT, f"output_dir={out}", f"model.name_or_path={base}", "optim.lr=3e-4",
+                "optim.warmup_ratio=0.05", f"max_steps={args.sft_steps}", "data.episodes=1200", "save_every=50",
+                "eval_every=100", "log_every=5", log=out + ".log")  # fmt: skip
     return os.path.join(out, "final")
 
 
@@ -137,10 +139,9 @@ def sft_arm(args: argparse.Namespace, work: str, student: str, seconds: float) -
     """Step 3: more SFT from the same student for the same seconds; returns (final/, steps it took)."""
     out = os.path.join(work, "sft_more")
     if not done(out):
-        rlagent("sft", "--config", "configs/smollm2/sft.yaml", f"output_dir={out}", f"model.name_or_path={student}",
-                "model.lora.enabled=false", "model.gradient_checkpointing=false", f"optim.lr={args.lr}",
+        rlagent(*STUDENT_SFT, f"output_dir={out}", f"model.name_or_path={student}", f"optim.lr={args.lr}",
                 "optim.schedule=constant", "optim.warmup_ratio=0", "max_steps=100000", f"max_seconds={seconds:.1f}",
-                ENV_LIST, "data.episodes=600", "seed=1", "save_every=0", "eval_every=0", "log_every=5",
+                "data.episodes=600", "seed=1", "save_every=0", "eval_every=0", "log_every=5",
                 log=out + ".log")  # fmt: skip
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
         return os.path.join(out, "final"), int(json.load(handle)["steps"])
@@ -195,9 +196,7 @@ def main() -> None:
     if not args.no_teacher:
         policies["teacher"] = teacher
     vs_warm, distill_vs_sft = evaluate(args, work, policies)
-    from transformers import AutoConfig
-
-    layers = AutoConfig.from_pretrained(os.path.join(work, "student_base")).num_hidden_layers
+    layers = len(layer_list(args.keep))
     print(f"   arms: {args.distill_steps} distillation iterations x {args.distill_episodes} episodes = "
           f"{seconds:.0f} s; SFT for the same seconds = {sft_steps} steps of 8 conversations", flush=True)  # fmt: skip
     for name, per_env in vs_warm.items():

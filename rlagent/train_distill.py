@@ -242,7 +242,7 @@ class OnPolicyDistiller:
         self.teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
         self.shuffle = torch.Generator().manual_seed(cfg.seed * 7919 + self.rank)
         self.guard, self.start, self.last_metrics = StepGuard(cfg.optim.max_skipped_steps), 0, {}
-        self.t_start, self.stopped_on_time = time.time(), False  # max_seconds counts from the first iteration
+        self.stopped_on_time = False  # max_seconds spent (train() sets t_start, from which it counts)
         self.resume = resolve_resume(cfg.resume_from, cfg.output_dir)
         if self.resume:
             self.load(self.resume)
@@ -261,7 +261,7 @@ class OnPolicyDistiller:
                   f"{teacher_total:,}, {cfg.env.episodes} episodes per iteration over {self.world} process(es), "
                   f"resume={self.resume}")  # fmt: skip
         progress = Progress(cfg.max_steps, "distill", cfg.progress and accelerator.is_main_process, self.start)
-        metrics, done, self.t_start = self.last_metrics, self.start, time.time()
+        metrics, done, self.t_start = self.last_metrics, self.start, time.time()  # max_seconds counts from here
         for iteration in range(self.start, cfg.max_steps):
             metrics, done = self.iteration(iteration), iteration + 1
             progress.update(done, kl=metrics["distill/reverse_kl"], success=metrics["env/success_rate"])

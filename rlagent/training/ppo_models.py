@@ -63,7 +63,8 @@ def reads_reward_model(cfg, with_value: bool) -> bool:
 def load_models(cfg, tokenizer, with_value: bool):
     """(policy, reference or None, value or None, reward model or None) on CPU; the caller places them. `with_value`:
     the advantage estimator needs a critic (its registry trait)."""
-    if cfg.reward.model_path and (cfg.reward.rm_weight != 0 or cfg.value.init == "reward_model"):
+    # Checked whenever value.init names it, critic or not (stricter than reads_reward_model(cfg, with_value)).
+    if cfg.reward.model_path and reads_reward_model(cfg, with_value=True):
         check_local_path(cfg.reward.model_path, "reward.model_path")  # before minutes of building the others
     policy = load_causal_lm(cfg.model, tokenizer, cfg.seed)
     reference = None
@@ -81,7 +82,7 @@ def load_models(cfg, tokenizer, with_value: bool):
     policy = make_trainable(policy, cfg.model)
     disable_dropout(policy)
     reward_model = None
-    if cfg.reward.model_path and cfg.reward.rm_weight != 0:
+    if cfg.reward.model_path and reads_reward_model(cfg, with_value=False):  # its score is weighed
         import reward_models
 
         if not os.path.isdir(cfg.reward.model_path):
