@@ -107,17 +107,19 @@ def sft_cell(args: argparse.Namespace, setting: str, seed: int, cell_dir: str) -
     run_cli(argv + args.overrides, setting, os.path.join(cell_dir, "sft.log"))
     losses = eval_losses(sft_dir)
     cell = {"eval_loss": losses[max(losses)], "eval_loss_curve": losses}
-    if args.episodes == 0:
-        return cell
+    return {**cell, **sft_success(args, setting, cell_dir)} if args.episodes else cell
+
+
+def sft_success(args: argparse.Namespace, setting: str, cell_dir: str) -> dict:
+    """Greedy held-out success of the cell's SFT policy per environment, in float32 as the quickstart evaluates it
+    (`rlagent eval`'s default `auto` would sample in bf16 on a CPU that has it)."""
     out = os.path.join(cell_dir, "eval.json")
-    argv = ["eval", "--policy", os.path.join(sft_dir, "final"), "--episodes", str(args.episodes)]
+    argv = ["eval", "--policy", os.path.join(cell_dir, "sft", "final"), "--episodes", str(args.episodes)]
     argv += [arg for env_id in ENV_IDS for arg in ("--env", env_id)] + ["--seed", str(args.eval_seed), "--out", out]
-    run_cli(argv, setting, os.path.join(cell_dir, "eval.log"))
+    run_cli(argv + ["--dtype", "float32"], setting, os.path.join(cell_dir, "eval.log"))
     with open(out, encoding="utf-8") as handle:
         results = json.load(handle)
-    for result in results["envs"] if "envs" in results else [results]:
-        cell[f"{short(result['env'])}/sft_greedy"] = result["success_rate"]
-    return cell
+    return {f"{short(r['env'])}/sft_greedy": r["success_rate"] for r in results.get("envs", [results])}
 
 
 def full_cell(args: argparse.Namespace, setting: str, seed: int, cell_dir: str) -> dict:

@@ -90,11 +90,12 @@ def test_a_truncated_latest_checkpoint_is_skipped_on_auto_resume_and_refused_by_
 
 
 def test_the_readme_two_process_sft_command_derives_its_batch_shape(tmp_path):
-    # configs/quickstart/sft.yaml keeps optim.micro_batch_size 16 with batch 16: 8 per process, so the micro-batch
-    # is lowered to 8 and the run says so (it used to stop: "must divide by processes x micro_batch_size").
+    # A micro-batch as large as the whole batch (16; configs/quickstart/sft.yaml itself takes 4): 8 per process, so
+    # the micro-batch is lowered to 8 and the run says so (it used to stop: "must divide by processes x
+    # micro_batch_size").
     proc = launch_two_processes(
         "rlagent/train_sft.py", "--config", "configs/quickstart/sft.yaml", f"output_dir={tmp_path}", "max_steps=2",
-        "data.episodes=20", "progress=false", "eval_every=0", "save_every=0",
+        "data.episodes=20", "progress=false", "eval_every=0", "save_every=0", "optim.micro_batch_size=16",
     )  # fmt: skip
     assert "optim.batch_size=16 sequences = 2 process(es) x 8, in 1 micro-batch(es) of <= 8" in proc.stdout
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
