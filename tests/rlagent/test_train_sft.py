@@ -147,3 +147,32 @@ def test_max_seconds_under_two_processes_stops_both_at_one_step(tmp_path, demo_j
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped_on_time"] is True and 1 <= summary["steps"] < 100000
     assert (tmp_path / "final" / "config.json").is_file()
+
+
+def test_sft_task_sorts_micro_batches_and_eval_by_length_without_changing_the_eval_loss():
+    """The task groups similar lengths (less padding to compute): its sort key is the conversation's token count, and
+    its eval pass over the length-sorted rows gives the token-mean loss of the rows in their given order."""
+    from types import SimpleNamespace
+
+    from rlagent.common.config import TinyModelConfig
+    from rlagent.common.data import TokenizedConversation
+    from rlagent.common.tiny import build_tiny_model, build_tiny_tokenizer
+    from rlagent.train_sft import conversation_length, evaluate, sft_task
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(
+        TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer, 0
+    )
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for n in (9, 3, 17, 5, 12, 4):  # lengths out of order
+        ids = torch.randint(10, 200, (n,), generator=gen).tolist()
+        rows.append(TokenizedConversation(ids, [0] + [1] * (n - 1), False))
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(selective_head=True), optim=SimpleNamespace(micro_batch_size=2), max_length=64
+    )
+    stats = {"data/train": 0, "data/eval": len(rows), "data/truncated": 0}
+    task = sft_task(cfg, [], rows, stats, tokenizer.pad_token_id, torch.device("cpu"))
+    assert task.length is conversation_length and task.length(rows[2]) == 17
+    unsorted = evaluate(model, rows, tokenizer.pad_token_id, 2, "cpu")["eval/loss"]
+    assert task.evaluate(model)["eval/loss"] == pytest.approx(unsorted, rel=1e-5)
